@@ -1,0 +1,15 @@
+"""skicon: the I-Con framework as scikit-learn estimators.
+
+One loss, the mean KL divergence between a supervisory neighbourhood distribution p(j|i) and a
+learned one q(j|i), gives SNE, t-SNE, PCA/MDS limits, InfoNCE, SupCon, CMC/CLIP, triplet,
+cross-entropy, k-means, spectral clustering, normalized cuts and InfoNCE clustering.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from . import kernels, neighbors
+from ._loss import icon_loss
+from ._registry import get_method, list_methods
+from ._show_versions import show_versions
+
+__all__ = ["icon_loss", "get_method", "list_methods", "show_versions", "kernels", "neighbors", "__version__"]

@@ -1,0 +1,287 @@
+"""The periodic table: every row of the paper's Table 1 as a choice of p, q and direction.
+
+Rows are data, not code paths: each names a supervisory kernel factory ``p``, a learned kernel
+factory ``q``, the divergence direction and the estimator that trains it. ``MethodSpec.loss``
+evaluates the exact I-Con loss of a row on small inputs, which the tests compare with the
+original methods' own formulas.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ._loss import icon_loss
+from ._utils import as_tensor
+from .kernels import (
+    ClusterKernel,
+    Cosine,
+    Debiased,
+    Gaussian,
+    Identity,
+    Labels,
+    Propagated,
+    Prototypes,
+    StudentT,
+    UniformKNN,
+    Views,
+    Graph,
+)
+
+__all__ = ["MethodSpec", "MethodTable", "get_method", "list_methods", "METHODS"]
+
+#: Width used for the "wide Gaussian" limits (PCA, MDS); the theorems hold as sigma -> infinity.
+WIDE_SIGMA = 1e3
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the I-Con periodic table.
+
+    Parameters
+    ----------
+    name : str
+        Identifier accepted by the estimators' ``method=``.
+    title : str
+        Human-readable name.
+    p : callable
+        Factory of the supervisory kernel.
+    q : callable
+        Factory of the learned kernel.
+    direction : {"forward", "reverse"}
+        KL(p || q) or KL(q || p).
+    estimator : str
+        Estimator that trains this row.
+    theorem : str
+        Where the paper proves the equivalence.
+    p_text, q_text : str
+        One-line descriptions of p and q.
+    defaults : dict
+        Default estimator hyper-parameters for this row.
+    needs : tuple of str
+        Extra inputs the row needs (``"y"``, ``"groups"``, ``"views"``, ``"prototypes"``).
+    """
+
+    name: str
+    title: str
+    p: Callable
+    q: Callable
+    direction: str
+    estimator: str
+    theorem: str
+    p_text: str
+    q_text: str
+    defaults: dict = field(default_factory=dict)
+    needs: tuple = ()
+
+    def make_p(self, **params):
+        """A fresh supervisory kernel, with nested parameters overridden (``alpha=...``)."""
+        return self.p().set_params(**params)
+
+    def make_q(self, **params):
+        """A fresh learned kernel, with nested parameters overridden."""
+        return self.q().set_params(**params)
+
+    def loss(
+        self, X, Z, *, y=None, groups=None, views=None, prototypes=None, exclude=None, degrees=None, p=None, q=None
+    ):
+        """Exact I-Con loss of this row on small inputs (dense, float64).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data for the supervisory kernel (ignored by label/view kernels beyond its length).
+        Z : array-like or torch.Tensor of shape (n_samples, n_components)
+            Learned representation (assignment logits for the clustering rows).
+        y, groups, views : array-like, default=None
+            Labels, positive-pair groups and view ids, as the row needs.
+        prototypes : array-like of shape (n_classes, n_components), default=None
+            Class prototypes (cross-entropy row).
+        exclude : torch.Tensor of bool of shape (n_samples, n_candidates), default=None
+            Pairs removed from the candidate set of q (e.g. all but one negative for triplet).
+        degrees : array-like of shape (n_samples,), default=None
+            Node degrees for the degree-weighted cluster kernel (normalized cuts); the row sums
+            of the affinity ``X`` when None.
+        p, q : Kernel, default=None
+            Kernels to use instead of the row's defaults.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss (differentiable in ``Z`` when ``Z`` requires grad).
+        """
+        p = self.make_p() if p is None else p
+        q = self.make_q() if q is None else q
+        Zt = Z if isinstance(Z, torch.Tensor) else as_tensor(Z, dtype=torch.float64)
+        if "prototypes" in self.needs:
+            W = prototypes if isinstance(prototypes, torch.Tensor) else as_tensor(prototypes, dtype=Zt.dtype)
+            P = torch.as_tensor(p.conditional(X, y=y).toarray(), dtype=Zt.dtype)
+            log_q = q.log_prob(Zt, W, exclude=exclude)
+        else:
+            context = {"y": y, "groups": groups}
+            if views is not None:
+                context["views"] = views
+            P = p.dense(X, **context).to(Zt.dtype)
+            if exclude is not None:
+                P = P.masked_fill(exclude, 0.0)
+                P = P / P.sum(dim=1, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
+            if getattr(q, "degree_weighted", False):
+                if degrees is None:
+                    degrees = np.asarray(abs(X).sum(axis=1)).ravel()
+                log_q = q.log_prob(Zt, exclude=exclude, degrees=torch.as_tensor(degrees, dtype=Zt.dtype))
+            else:
+                log_q = q.log_prob(Zt, exclude=exclude)
+        return icon_loss(P, log_q, direction=self.direction)
+
+
+class MethodTable(list):
+    """The periodic table as a list of :class:`MethodSpec` rows that prints as a table."""
+
+    columns = ("method", "title", "p", "q", "direction", "estimator", "theorem")
+
+    def rows(self):
+        """The table as a list of tuples of strings (one per method)."""
+        return [(m.name, m.title, m.p_text, m.q_text, m.direction, m.estimator, m.theorem) for m in self]
+
+    def to_markdown(self):
+        """Markdown rendering.
+
+        Returns
+        -------
+        str
+            A pipe table.
+        """
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows()]
+        return "\n".join(lines)
+
+    def to_rst(self):
+        """reStructuredText list-table rendering.
+
+        Returns
+        -------
+        str
+            A ``list-table`` directive.
+        """
+        out = [".. list-table::", "   :header-rows: 1", ""]
+        for r in [self.columns] + self.rows():
+            out.append("   * - " + r[0])
+            out += [f"     - {c}" for c in r[1:]]
+        return "\n".join(out)
+
+    def __repr__(self):
+        table = [self.columns] + self.rows()
+        widths = [max(len(r[i]) for r in table) for i in range(len(self.columns))]
+        fmt = "  ".join("{:<%d}" % w for w in widths)
+        return "\n".join(fmt.format(*r).rstrip() for r in table)
+
+    __str__ = __repr__
+
+
+def _row(name, title, p, q, direction, estimator, theorem, p_text, q_text, defaults=None, needs=()):
+    return MethodSpec(name, title, p, q, direction, estimator, theorem, p_text, q_text, defaults or {}, needs)
+
+
+METHODS = {
+    m.name: m
+    for m in [
+        _row("sne", "SNE", lambda: Gaussian(perplexity=30.0), lambda: Gaussian(sigma=np.sqrt(0.5)),
+             "forward", "ICONEmbedding", "Theorem 1",
+             "Gaussian on data, per-point sigma from perplexity", "Gaussian on embedding, exp(-d^2)"),
+        _row("tsne", "t-SNE", lambda: Gaussian(perplexity=30.0), lambda: StudentT(dof=1.0),
+             "forward", "ICONEmbedding", "Theorem 2",
+             "Gaussian on data, per-point sigma from perplexity", "Student-t (Cauchy) on embedding",
+             {"note": "conditional form of Table 1; ICONEmbedding(method='tsne') uses the joint symmetrised form"}),
+        _row("pca", "PCA (limit)", lambda: Identity(), lambda: Gaussian(sigma=WIDE_SIGMA, include_self=True),
+             "forward", "ICONEmbedding", "Corollary 1",
+             "indicator 1[i = j]", "wide Gaussian on a linear map, sigma -> inf", {"mapper": "linear"}),
+        _row("mds", "MDS (limit)", lambda: Gaussian(sigma=WIDE_SIGMA, n_neighbors=None),
+             lambda: Gaussian(sigma=WIDE_SIGMA), "forward", "ICONEmbedding", "Theorem 3",
+             "wide Gaussian on data, sigma -> inf", "wide Gaussian on embedding, sigma -> inf"),
+        _row("infonce", "InfoNCE / SimCLR", lambda: Views(), lambda: Cosine(temperature=0.5),
+             "forward", "ICONContrastive", "Theorem 4",
+             "uniform over positive pairs (views)", "Gaussian on unit-norm features (cosine / tau)", needs=("groups",)),
+        _row("tsimclr", "t-SimCLR", lambda: Views(), lambda: StudentT(dof=1.0),
+             "forward", "ICONContrastive", "Appendix A",
+             "uniform over positive pairs (views)", "Student-t on features", needs=("groups",)),
+        _row("triplet", "Triplet loss", lambda: Views(), lambda: Gaussian(sigma=np.sqrt(0.5)),
+             "forward", "ICONContrastive", "Theorem 5",
+             "uniform over positive pairs", "Gaussian over {positive, one negative}", needs=("groups",)),
+        _row("supcon", "SupCon", lambda: Labels(), lambda: Cosine(temperature=0.1),
+             "forward", "ICONContrastive", "Corollary 2",
+             "uniform over same-class samples", "Gaussian on unit-norm features (cosine / tau)", needs=("y",)),
+        _row("cmc", "CMC / CLIP", lambda: Views(cross_view=True), lambda: Cosine(temperature=0.1),
+             "forward", "ICONContrastive", "Theorem 6",
+             "uniform over positive pairs from other views", "Gaussian on features, candidates in other views",
+             needs=("groups", "views")),
+        _row("cross_entropy", "Cross-entropy", lambda: Prototypes(), lambda: Prototypes(),
+             "forward", "ICONClassifier", "Corollary 3",
+             "indicator over the label", "softmax over class prototypes", needs=("y", "prototypes")),
+        _row("kmeans", "Probabilistic k-means", lambda: Gaussian(sigma=1.0, n_neighbors=None, include_self=True),
+             lambda: ClusterKernel(), "reverse", "ICONClustering", "Theorem 9",
+             "Gaussian on data (self included)", "shared cluster likelihood (by cluster)"),
+        _row("spectral", "Spectral clustering", lambda: Gaussian(sigma=1.0, n_neighbors=None, include_self=True),
+             lambda: ClusterKernel(), "reverse", "ICONClustering", "Corollary 5",
+             "Gaussian on spectral embedding", "shared cluster likelihood (by cluster)"),
+        _row("ncut", "Normalized cuts", lambda: Graph(degree_weighted=True), lambda: ClusterKernel(degree_weighted=True, include_self=False),
+             "reverse", "ICONClustering", "Theorem 11",
+             "graph edge weights w_ij / d_j", "degree-weighted shared cluster likelihood"),
+        _row("mi", "Mutual-information clustering", lambda: UniformKNN(n_neighbors=10), lambda: ClusterKernel(),
+             "forward", "ICONClustering", "Theorem 10",
+             "uniform over k nearest neighbours", "shared cluster likelihood (by cluster)"),
+        _row("infonce_clustering", "InfoNCE clustering (new)",
+             lambda: Debiased(Propagated(UniformKNN(n_neighbors=5), walk_length=2), alpha=0.6),
+             lambda: Debiased(ClusterKernel(), alpha=0.6), "forward", "ICONClustering", "Section 3.3",
+             "debiased KNN + walks (+ augmentations)", "debiased shared cluster likelihood (by point)"),
+    ]
+}
+
+
+def get_method(name):
+    """Return the :class:`MethodSpec` of a periodic-table row.
+
+    Parameters
+    ----------
+    name : str
+        Row name, e.g. ``"tsne"``, ``"supcon"``, ``"kmeans"``.
+
+    Returns
+    -------
+    MethodSpec
+        The row.
+
+    Examples
+    --------
+    >>> from skicon import get_method
+    >>> get_method("tsne").theorem
+    'Theorem 2'
+    """
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown method {name!r}; choose one of {sorted(METHODS)}.") from None
+
+
+def list_methods(estimator=None):
+    """The periodic table: every implemented row of the paper's Table 1.
+
+    Parameters
+    ----------
+    estimator : str, default=None
+        Keep only the rows trained by this estimator (e.g. ``"ICONClustering"``).
+
+    Returns
+    -------
+    MethodTable
+        Rows with ``name``, ``title``, ``p_text``, ``q_text``, ``direction``, ``estimator`` and
+        ``theorem``; printing it shows a table; ``to_markdown`` and ``to_rst`` render it.
+
+    Examples
+    --------
+    >>> from skicon import list_methods
+    >>> len(list_methods()) >= 14
+    True
+    """
+    rows = [m for m in METHODS.values() if estimator is None or m.estimator == estimator]
+    return MethodTable(rows)

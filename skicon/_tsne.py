@@ -1,0 +1,543 @@
+"""Scalable SNE / t-SNE optimisation engine (pure torch functions, CPU or CUDA).
+
+The objective is the I-Con loss with a sparse supervisory ``P`` and a learned kernel
+``w(d^2)`` on the embedding: Student-t ``(1 + d^2/dof)^(-(dof+1)/2)`` or Gaussian
+``exp(-d^2 / (2 sigma^2))``. Two normalisations are supported:
+
+* ``"joint"`` (van der Maaten's t-SNE): one distribution over all ordered pairs,
+  ``Q_ij = w_ij / sum_{k != l} w_kl``; the loss is ``KL(P || Q)`` with ``P`` summing to one.
+* ``"conditional"`` (Table 1 of the I-Con paper): ``q(j|i) = w_ij / sum_{k != i} w_ik``; the loss
+  is the mean over rows of ``KL(p(.|i) || q(.|i))``, exactly :func:`skicon.icon_loss`.
+
+The gradient splits into an attractive part over the non-zeros of ``P`` (exact, O(nnz)) and a
+repulsive part that needs kernel sums over all pairs. Those sums are computed
+
+* ``"fft"``: by interpolating charges onto a regular grid with piecewise Lagrange polynomials and
+  convolving on the grid with FFTs (the interpolation idea of FIt-SNE), O(n + G log G) per
+  iteration, for 1-D and 2-D embeddings;
+* ``"exact"``: over all pairs in row chunks, O(n^2) time but O(n * chunk) memory;
+* ``"sampled"``: unbiased estimates from random negatives (any dimension, O(n m)).
+
+Debiasing (paper eq. 2), ``p~ = (1 - alpha) p + alpha / N``, adds a uniform attraction whose
+gradient is one more kernel sum, so it stays O(n) as well.
+"""
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = [
+    "KernelSpec",
+    "joint_from_conditional",
+    "SparseAffinity",
+    "grid_plan",
+    "fft_kernel_sums",
+    "exact_kernel_sums",
+    "sampled_kernel_sums",
+    "objective_and_gradient",
+    "GradientDescent",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# learned kernel
+# ----------------------------------------------------------------------------------------------
+class KernelSpec:
+    """The learned kernel as functions of the squared distance.
+
+    Parameters
+    ----------
+    kind : {"student", "gaussian"}
+        Student-t (t-SNE for ``dof=1``) or Gaussian (SNE).
+    dof : float, default=1.0
+        Degrees of freedom of the Student-t kernel.
+    sigma : float, default=sqrt(0.5)
+        Bandwidth of the Gaussian; ``sqrt(0.5)`` gives Table 1's ``exp(-d^2)``.
+    """
+
+    def __init__(self, kind="student", dof=1.0, sigma=math.sqrt(0.5)):
+        if kind not in ("student", "gaussian"):
+            raise ValueError(f"kind must be 'student' or 'gaussian', got {kind!r}.")
+        self.kind = kind
+        self.dof = float(dof)
+        self.sigma = float(sigma)
+
+    def weight(self, d2):
+        """Unnormalised affinity ``w(d^2)``."""
+        if self.kind == "gaussian":
+            return torch.exp(-d2 / (2.0 * self.sigma**2))
+        if self.dof == 1.0:
+            return 1.0 / (1.0 + d2)
+        return torch.pow(1.0 + d2 / self.dof, -(self.dof + 1.0) / 2.0)
+
+    def log_weight(self, d2):
+        """``log w(d^2)``."""
+        if self.kind == "gaussian":
+            return -d2 / (2.0 * self.sigma**2)
+        return -(self.dof + 1.0) / 2.0 * torch.log1p(d2 / self.dof)
+
+    def slope(self, d2):
+        """``g = -d log w / d(d^2)``, so that ``grad_{y_i} (-log w_ij) = 2 g_ij (y_i - y_j)``."""
+        if self.kind == "gaussian":
+            return torch.full_like(d2, 1.0 / (2.0 * self.sigma**2))
+        return (self.dof + 1.0) / (2.0 * self.dof) / (1.0 + d2 / self.dof)
+
+    def weight_slope(self, d2):
+        """``w * g``: the kernel of the repulsive force."""
+        return self.weight(d2) * self.slope(d2)
+
+
+# ----------------------------------------------------------------------------------------------
+# supervisory affinities
+# ----------------------------------------------------------------------------------------------
+def joint_from_conditional(P):
+    """Symmetrised joint distribution ``(P + P^T) / (2 n)`` of a row-stochastic sparse matrix.
+
+    Parameters
+    ----------
+    P : scipy.sparse matrix of shape (n, n)
+        Conditional distribution, rows summing to one (or zero).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Symmetric, non-negative, summing to one over all entries (when every row had mass).
+    """
+    P = sp.csr_matrix(P, dtype=np.float64)
+    J = (P + P.T).tocsr()
+    J.sum_duplicates()
+    total = J.sum()
+    return J / total if total > 0 else J
+
+
+class SparseAffinity:
+    """A sparse supervisory matrix held as torch COO edge lists, on a device.
+
+    Parameters
+    ----------
+    P : scipy.sparse matrix of shape (n, n)
+        Supervisory distribution (joint or conditional).
+    device : torch.device
+        Where the tensors live.
+    dtype : torch.dtype
+        Float dtype of the values.
+    """
+
+    def __init__(self, P, device, dtype):
+        coo = sp.coo_matrix(P)
+        keep = coo.data > 0
+        order = np.lexsort((coo.col[keep], coo.row[keep]))
+        self.rows = torch.as_tensor(coo.row[keep][order].astype(np.int64), device=device)
+        self.cols = torch.as_tensor(coo.col[keep][order].astype(np.int64), device=device)
+        self.values = torch.as_tensor(coo.data[keep][order], dtype=dtype, device=device)
+        self.n = P.shape[0]
+        # sum p log p, the constant part of KL(p || q)
+        v = coo.data[keep]
+        self.entropy_term = float(np.sum(v * np.log(v)))
+        row_mass = np.zeros(self.n)
+        np.add.at(row_mass, coo.row[keep], v)
+        self.row_mass = torch.as_tensor(row_mass, dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel sums sum_j K(y_i, y_j) c_j  (self pair j == i included; callers remove it)
+# ----------------------------------------------------------------------------------------------
+def _lagrange(t, n_nodes):
+    """Lagrange basis on nodes (k + 1/2)/n_nodes of [0, 1], evaluated at t: (n, n_nodes)."""
+    nodes = [(k + 0.5) / n_nodes for k in range(n_nodes)]
+    cols = []
+    for k in range(n_nodes):
+        val = torch.ones_like(t)
+        for m in range(n_nodes):
+            if m != k:
+                val = val * ((t - nodes[m]) / (nodes[k] - nodes[m]))
+        cols.append(val)
+    return torch.stack(cols, dim=1)
+
+
+class _GridPlan:
+    """Interpolation of n points onto a regular grid (shared by all kernels of an iteration)."""
+
+    def __init__(self, index, weights, n_grid, spacing, dim):
+        self.index = index  # (n, nodes**dim) flat grid index
+        self.weights = weights  # (n, nodes**dim) interpolation weights
+        self.n_grid = n_grid
+        self.spacing = spacing
+        self.dim = dim
+        self._kernel_cache = {}
+
+    def _offsets(self, device, dtype):
+        G = self.n_grid
+        k = torch.arange(2 * G, device=device, dtype=dtype)
+        # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1
+        off = torch.where(k <= G, k, k - 2 * G) * self.spacing
+        return off
+
+    def kernel_fft(self, fn, device, dtype):
+        off = self._offsets(device, dtype)
+        if self.dim == 1:
+            return torch.fft.rfft(fn(off * off))
+        d2 = off[:, None] ** 2 + off[None, :] ** 2
+        return torch.fft.rfft2(fn(d2))
+
+    def sums(self, fn, charges):
+        """``sum_j fn(|y_i - y_j|^2) charges_j`` for every i, through the grid: (n, c)."""
+        n, c = charges.shape
+        G = self.n_grid
+        vals = (self.weights[:, :, None] * charges[:, None, :]).reshape(-1, c)
+        grid = torch.zeros(G**self.dim, c, device=charges.device, dtype=charges.dtype)
+        grid.index_add_(0, self.index.reshape(-1), vals)
+        grid = grid.T
+        kf = self.kernel_fft(fn, charges.device, charges.dtype)
+        if self.dim == 1:
+            pot = torch.fft.irfft(torch.fft.rfft(grid, n=2 * G) * kf, n=2 * G)[:, :G]
+        else:
+            grid = grid.reshape(c, G, G)
+            pot = torch.fft.irfft2(torch.fft.rfft2(grid, s=(2 * G, 2 * G)) * kf, s=(2 * G, 2 * G))[:, :G, :G]
+        pot = pot.reshape(c, -1)
+        gathered = pot[:, self.index]  # (c, n, nodes**dim)
+        return (gathered * self.weights[None]).sum(dim=2).T
+
+
+def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_intervals=None):
+    """Build the interpolation grid for a 1-D or 2-D embedding.
+
+    The square bounding box of ``Y`` is split into ``B`` intervals per axis (at least
+    ``min_intervals``, at most ``interval_width`` wide, capped by ``max_intervals``); each interval
+    holds ``n_nodes`` equispaced interpolation nodes, so the nodes form one regular grid of
+    ``G = B * n_nodes`` points per axis, on which any translation-invariant kernel is a
+    (block-)Toeplitz matrix applied by FFT.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d), d in {1, 2}
+        Embedding.
+    n_nodes : int, default=3
+        Interpolation nodes per interval (polynomial degree + 1).
+    min_intervals : int, default=50
+        Minimum intervals per axis.
+    interval_width : float, default=1.0
+        Maximum interval width in embedding units.
+    max_intervals : int, default=None
+        Cap on intervals per axis (memory guard); ``2000 // d**2`` when None.
+
+    Returns
+    -------
+    _GridPlan
+        Object whose ``sums(fn, charges)`` evaluates kernel sums.
+    """
+    n, dim = Y.shape
+    if dim not in (1, 2):
+        raise ValueError(f"the FFT repulsion supports 1-D and 2-D embeddings, got {dim}-D.")
+    if max_intervals is None:
+        max_intervals = 2000 if dim == 1 else 400
+    lo = float(Y.min())
+    hi = float(Y.max())
+    span = max(hi - lo, 1e-12)
+    n_int = int(min(max(min_intervals, math.ceil(span / interval_width)), max_intervals))
+    # pad the box slightly so that the maximum falls strictly inside the last interval
+    span = span * (1.0 + 1e-6) + 1e-12
+    h = span / n_int
+    u = (Y - lo) / h
+    box = u.floor().clamp_(0, n_int - 1)
+    t = u - box
+    box = box.long()
+    G = n_int * n_nodes
+    if dim == 1:
+        index = box[:, 0:1] * n_nodes + torch.arange(n_nodes, device=Y.device)[None, :]
+        weights = _lagrange(t[:, 0], n_nodes)
+    else:
+        ar = torch.arange(n_nodes, device=Y.device)
+        gx = box[:, 0:1] * n_nodes + ar[None, :]
+        gy = box[:, 1:2] * n_nodes + ar[None, :]
+        index = (gx[:, :, None] * G + gy[:, None, :]).reshape(n, -1)
+        wx = _lagrange(t[:, 0], n_nodes)
+        wy = _lagrange(t[:, 1], n_nodes)
+        weights = (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)
+    return _GridPlan(index, weights, G, h / n_nodes, dim)
+
+
+def fft_kernel_sums(Y, fn, charges, **grid_kwargs):
+    """Approximate ``sum_j fn(|y_i - y_j|^2) c_j`` (self included) by grid interpolation + FFT.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d), d in {1, 2}
+        Points.
+    fn : callable
+        Kernel as a function of the squared distance (torch).
+    charges : torch.Tensor of shape (n, c)
+        Charges ``c_j``.
+    **grid_kwargs : dict
+        Passed to :func:`grid_plan`.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, c)
+        Kernel sums.
+    """
+    return grid_plan(Y, **grid_kwargs).sums(fn, charges)
+
+
+def exact_kernel_sums(Y, fn, charges, *, chunk=None):
+    """Exact ``sum_j fn(|y_i - y_j|^2) c_j`` (self included), in row chunks of O(chunk * n) memory.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d)
+        Points.
+    fn : callable
+        Kernel as a function of the squared distance.
+    charges : torch.Tensor of shape (n, c)
+        Charges.
+    chunk : int, default=None
+        Rows per chunk; sized to about 4M pair entries when None.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, c)
+    """
+    n = Y.shape[0]
+    chunk = chunk or max(1, min(n, 4_000_000 // max(n, 1)))
+    sq = (Y * Y).sum(dim=1)
+    out = []
+    for s in range(0, n, chunk):
+        Yb = Y[s : s + chunk]
+        d2 = (sq[s : s + chunk, None] + sq[None, :] - 2.0 * Yb @ Y.T).clamp_min_(0.0)
+        out.append(fn(d2) @ charges)
+    return torch.cat(out, dim=0)
+
+
+def sampled_kernel_sums(Y, fn, charges, *, n_negatives=64, generator=None):
+    """Unbiased estimate of ``sum_{j != i} fn(|y_i - y_j|^2) c_j`` from random negatives.
+
+    Unlike the other two, the self pair is *excluded* here (negatives are drawn among the
+    ``n - 1`` other points), and ``fn(0) * c_i`` is added back so that callers can treat all
+    three alike.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d)
+        Points.
+    fn : callable
+        Kernel of the squared distance.
+    charges : torch.Tensor of shape (n, c)
+        Charges.
+    n_negatives : int, default=64
+        Negatives per point.
+    generator : torch.Generator, default=None
+        Source of randomness.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, c)
+    """
+    n = Y.shape[0]
+    m = int(min(n_negatives, n - 1))
+    j = torch.randint(0, n - 1, (n, m), device=Y.device, generator=generator)
+    i = torch.arange(n, device=Y.device)[:, None]
+    j = j + (j >= i).long()  # skip the self index
+    d2 = ((Y[:, None, :] - Y[j]) ** 2).sum(dim=2)
+    est = torch.einsum("nm,nmc->nc", fn(d2), charges[j]) * ((n - 1) / m)
+    zero = torch.zeros(1, device=Y.device, dtype=Y.dtype)
+    return est + fn(zero) * charges
+
+
+# ----------------------------------------------------------------------------------------------
+# objective
+# ----------------------------------------------------------------------------------------------
+def _attraction(Y, aff, kernel, scale, want_loss):
+    """``sum_j scale * p_ij g_ij (y_i - y_j)`` over the non-zeros, and ``sum p_ij log w_ij``."""
+    diff = Y[aff.rows] - Y[aff.cols]
+    d2 = (diff * diff).sum(dim=1)
+    if kernel.kind == "student" and kernel.dof == 1.0:
+        g = 1.0 / (1.0 + d2)
+    else:
+        g = kernel.slope(d2)
+    force = torch.zeros_like(Y).index_add_(0, aff.rows, diff * (aff.values * (g * scale))[:, None])
+    plogw = float((aff.values * kernel.log_weight(d2)).sum()) if want_loss else None
+    return force, plogw
+
+
+def objective_and_gradient(
+    Y,
+    aff,
+    kernel,
+    *,
+    normalization="joint",
+    exaggeration=1.0,
+    alpha=0.0,
+    method="fft",
+    want_loss=False,
+    grid_kwargs=None,
+    n_negatives=64,
+    generator=None,
+    reference=None,
+):
+    """Gradient (and optionally the value) of the I-Con / t-SNE objective.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d)
+        Embedding.
+    aff : SparseAffinity
+        Supervisory ``P``: joint (sums to one) for ``normalization="joint"``, the *symmetrised
+        sum* ``P + P^T`` of the conditional for ``"conditional"`` (the loss value then also needs
+        ``aff.cond``, the conditional itself).
+    kernel : KernelSpec
+        Learned kernel.
+    normalization : {"joint", "conditional"}, default="joint"
+        See the module docstring.
+    exaggeration : float, default=1.0
+        Multiplies the attraction from ``P`` (early exaggeration).
+    alpha : float, default=0.0
+        Debiasing weight of the supervisory distribution.
+    method : {"fft", "exact", "sampled"}, default="fft"
+        How repulsive kernel sums are computed.
+    want_loss : bool, default=False
+        Also return the loss value (un-exaggerated).
+    grid_kwargs : dict, default=None
+        Passed to :func:`grid_plan`.
+    n_negatives : int, default=64
+        Negatives per point for ``method="sampled"``.
+    generator : torch.Generator, default=None
+        Randomness of ``method="sampled"``.
+    reference : torch.Tensor of shape (m, d), default=None
+        Not supported here (new points use :func:`transform_gradient`).
+
+    Returns
+    -------
+    grad : torch.Tensor of shape (n, d)
+    loss : float or None
+    """
+    n, d = Y.shape
+    one = torch.ones(n, 1, device=Y.device, dtype=Y.dtype)
+    zero = torch.zeros(1, device=Y.device, dtype=Y.dtype)
+    w0 = float(kernel.weight(zero))
+    need_log = want_loss and alpha > 0
+
+    if method == "fft":
+        plan = grid_plan(Y, **(grid_kwargs or {}))
+        sums = plan.sums
+    elif method == "exact":
+        def sums(fn, c):
+            return exact_kernel_sums(Y, fn, c)
+    elif method == "sampled":
+        def sums(fn, c):
+            return sampled_kernel_sums(Y, fn, c, n_negatives=n_negatives, generator=generator)
+    else:
+        raise ValueError(f"method must be 'fft', 'exact' or 'sampled', got {method!r}.")
+
+    YC = torch.cat([one, Y], dim=1)
+    if normalization == "joint":
+        S_w = sums(kernel.weight, one)[:, 0] - w0
+        Z = S_w.sum().clamp_min(torch.finfo(Y.dtype).tiny)
+        S_wg = sums(kernel.weight_slope, YC)
+        rep = Y * S_wg[:, :1] - S_wg[:, 1:]  # self pair cancels
+        attr, plogw = _attraction(Y, aff, kernel, (1.0 - alpha) * exaggeration, want_loss)
+        grad = 4.0 * (attr - rep / Z)
+        if alpha > 0:
+            # the uniform part alpha / (n (n - 1)) of p~ attracts every pair with weight g_ij
+            S_g = sums(kernel.slope, YC)
+            unif = alpha / (n * (n - 1))
+            grad = grad + 4.0 * unif * exaggeration * (Y * S_g[:, :1] - S_g[:, 1:])
+        loss = None
+        if want_loss:
+            logZ = float(torch.log(Z))
+            loss = (1.0 - alpha) * (aff.entropy_term - plogw) + (1.0 - alpha) * logZ * float(aff.values.sum())
+            if alpha > 0:
+                S_lw = sums(kernel.log_weight, one)[:, 0] - float(kernel.log_weight(zero))
+                unif = alpha / (n * (n - 1))
+                # entropy of the mixture is not separable; only the cross-entropy part is exact
+                loss = _mixture_entropy_joint(aff, alpha, n) - (1.0 - alpha) * (plogw - logZ * float(aff.values.sum())) \
+                    - unif * (float(S_lw.sum()) - n * (n - 1) * logZ)
+        return grad, loss
+
+    if normalization != "conditional":
+        raise ValueError(f"normalization must be 'joint' or 'conditional', got {normalization!r}.")
+    # conditional: q(j|i) = w_ij / Z_i, loss = 1/n sum_i KL(p_i || q_i)
+    Zi = (sums(kernel.weight, one)[:, 0] - w0).clamp_min(torch.finfo(Y.dtype).tiny)
+    inv = (1.0 / Zi)[:, None]
+    S = sums(kernel.weight_slope, torch.cat([one, Y, inv, Y * inv], dim=1))
+    rep_own = (Y * S[:, :1] - S[:, 1 : 1 + d]) * inv
+    rep_other = Y * S[:, 1 + d : 2 + d] - S[:, 2 + d :]
+    attr, _ = _attraction(Y, aff, kernel, (1.0 - alpha) * exaggeration, False)
+    grad = (2.0 / n) * (attr - rep_own - rep_other)
+    if alpha > 0:
+        S_g = sums(kernel.slope, YC)
+        unif = alpha / (n - 1)
+        grad = grad + (4.0 / n) * unif * exaggeration * (Y * S_g[:, :1] - S_g[:, 1:])
+    loss = None
+    if want_loss:
+        cond = aff.cond
+        diff = Y[cond.rows] - Y[cond.cols]
+        d2 = (diff * diff).sum(dim=1)
+        cross = float((cond.values * (kernel.log_weight(d2) - torch.log(Zi)[cond.rows])).sum())
+        if alpha > 0:
+            S_lw = sums(kernel.log_weight, one)[:, 0] - float(kernel.log_weight(zero))
+            unif = alpha / (n - 1)
+            cross_u = float((S_lw - (n - 1) * torch.log(Zi)).sum())
+            loss = (_mixture_entropy_cond(cond, alpha, n) - (1.0 - alpha) * cross - unif * cross_u) / n
+        else:
+            loss = (cond.entropy_term - cross) / n
+    return grad, loss
+
+
+def _mixture_entropy_joint(aff, alpha, n):
+    """``sum p~ log p~`` for p~ = (1 - alpha) P + alpha / (n (n - 1)) over off-diagonal pairs."""
+    u = alpha / (n * (n - 1))
+    v = aff.values.double()
+    mixed = (1.0 - alpha) * v + u
+    n_zero = n * (n - 1) - v.numel()
+    return float((mixed * torch.log(mixed)).sum()) + n_zero * u * math.log(u)
+
+
+def _mixture_entropy_cond(cond, alpha, n):
+    """``sum_i sum_j p~ log p~`` for p~ = (1 - alpha) p(j|i) + alpha / (n - 1)."""
+    u = alpha / (n - 1)
+    v = cond.values.double()
+    mixed = (1.0 - alpha) * v + u
+    n_zero = n * (n - 1) - v.numel()
+    return float((mixed * torch.log(mixed)).sum()) + n_zero * u * math.log(u)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimiser
+# ----------------------------------------------------------------------------------------------
+class GradientDescent:
+    """Gradient descent with momentum and per-coordinate gains (delta-bar-delta), as in t-SNE.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d)
+        Embedding, updated in place.
+    min_gain : float, default=0.01
+        Floor of the gains.
+    max_step_norm : float or None, default=5.0
+        Per-point cap on the length of one update (keeps stray points from shooting off).
+    recenter : bool, default=True
+        Subtract the mean after each step (the loss is translation invariant).
+    """
+
+    def __init__(self, Y, *, min_gain=0.01, max_step_norm=5.0, recenter=True):
+        self.Y = Y
+        self.update = torch.zeros_like(Y)
+        self.gains = torch.ones_like(Y)
+        self.min_gain = min_gain
+        self.max_step_norm = max_step_norm
+        self.recenter = recenter
+
+    def step(self, grad, learning_rate, momentum):
+        """Apply one update from ``grad``."""
+        same = (self.update * grad) >= 0
+        # gains grow where the gradient keeps pointing against the last update and shrink else
+        self.gains = torch.where(same, self.gains * 0.8, self.gains + 0.2).clamp_(min=self.min_gain)
+        self.update.mul_(momentum).sub_(learning_rate * self.gains * grad)
+        if self.max_step_norm is not None:
+            norm = self.update.norm(dim=1, keepdim=True)
+            self.update.mul_(torch.clamp(self.max_step_norm / norm.clamp_min(1e-12), max=1.0))
+        self.Y.add_(self.update)
+        if self.recenter:
+            self.Y.sub_(self.Y.mean(dim=0, keepdim=True))

@@ -1,0 +1,101 @@
+"""Small shared helpers: devices, seeding, tensors and validation messages."""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+__all__ = ["resolve_device", "seed_from_random_state", "torch_generator", "as_tensor"]
+
+
+def resolve_device(device):
+    """Return a :class:`torch.device` for ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` picks CUDA when it is available, else the CPU.
+
+    Returns
+    -------
+    torch.device
+        The resolved device.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', got {device!r}.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='cpu' or device='auto'."
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a valid torch device: use 'cpu', 'cuda' or 'auto'.") from exc
+
+
+def seed_from_random_state(random_state):
+    """Draw a 31-bit integer seed from a scikit-learn ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+        Anything accepted by :func:`sklearn.utils.check_random_state`.
+
+    Returns
+    -------
+    int
+        A seed usable by torch and numpy.
+    """
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state) % (2**31 - 1)
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+
+
+def torch_generator(random_state, device="cpu"):
+    """Return a seeded :class:`torch.Generator` derived from ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+        Source of randomness.
+    device : str or torch.device, default="cpu"
+        Device of the generator.
+
+    Returns
+    -------
+    torch.Generator
+        A generator seeded deterministically from ``random_state``.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed_from_random_state(random_state))
+    return gen
+
+
+def as_tensor(X, *, dtype=torch.float32, device="cpu"):
+    """Convert an array-like (numpy, scipy sparse, torch) to a dense torch tensor.
+
+    Parameters
+    ----------
+    X : array-like, sparse matrix or torch.Tensor
+        Input data.
+    dtype : torch.dtype, default=torch.float32
+        Target dtype.
+    device : str or torch.device, default="cpu"
+        Target device.
+
+    Returns
+    -------
+    torch.Tensor
+        Dense tensor on ``device``.
+    """
+    if isinstance(X, torch.Tensor):
+        return X.to(device=device, dtype=dtype)
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return torch.as_tensor(np.asarray(X), dtype=dtype, device=device)

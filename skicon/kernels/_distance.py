@@ -1,0 +1,310 @@
+"""Kernels defined by a distance or a similarity: Gaussian, Student-t, cosine, dot product.
+
+Each works both as a supervisory kernel on data (restricted to a k-nearest-neighbour graph, or
+over all pairs when ``n_neighbors=None``, the exact O(n^2) mode) and as a learned kernel on a
+representation (dense over a batch, differentiable).
+"""
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .._utils import as_tensor
+from ..neighbors import knn_graph, perplexity_betas
+from ._base import Kernel, normalize_rows
+
+__all__ = ["Gaussian", "StudentT", "Cosine", "DotProduct", "pairwise_sqdist"]
+
+
+def pairwise_sqdist(Z, C=None):
+    """Squared Euclidean distances between the rows of ``Z`` and ``C`` (torch, differentiable).
+
+    Parameters
+    ----------
+    Z : torch.Tensor of shape (n, d)
+        First set of points.
+    C : torch.Tensor of shape (m, d), default=None
+        Second set; ``Z`` when None.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, m)
+        Non-negative squared distances.
+    """
+    C = Z if C is None else C
+    zz = (Z * Z).sum(dim=1, keepdim=True)
+    cc = (C * C).sum(dim=1, keepdim=True).T
+    return (zz + cc - 2.0 * Z @ C.T).clamp_min(0.0)
+
+
+def _check_positive(value, name, allow_none=False):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+
+
+class _PairwiseKernel(Kernel):
+    """Shared machinery of kernels computed from pairs of vectors."""
+
+    #: metric used to find neighbours when the kernel is used on data
+    _search_metric = "euclidean"
+
+    def _resolve_n_neighbors(self, n):
+        k = self.n_neighbors
+        if k is None:
+            return None
+        if k == "auto":
+            perplexity = getattr(self, "perplexity", None)
+            k = int(np.ceil(3 * perplexity)) if perplexity else 90
+        if not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"n_neighbors must be a positive integer, 'auto' or None, got {self.n_neighbors!r}.")
+        return min(int(k), n - 1)
+
+    def _edges(self, X, k, knn, random_state, n_jobs):
+        """Return (rows, cols) of candidate pairs: kNN edges, or all off-diagonal pairs."""
+        n = X.shape[0]
+        if k is None:
+            # Exact mode: every off-diagonal pair, row-major (O(n^2), asked for explicitly).
+            rows, cols = np.nonzero(~np.eye(n, dtype=bool))
+            return rows.astype(np.int64), cols.astype(np.int64), None
+        if knn is None or knn.n_neighbors < k or knn.metric != self._search_metric:
+            knn = knn_graph(X, k, metric=self._search_metric, random_state=random_state, n_jobs=n_jobs)
+        idx = knn.indices[:, :k]
+        rows = np.repeat(np.arange(n), idx.shape[1])
+        return rows, idx.ravel(), knn.distances[:, :k]
+
+    def _edge_log_weights(self, X, rows, cols, distances):
+        """Log-weights of each edge, computed with the same formula as :meth:`log_weights`."""
+        Xt = as_tensor(X, dtype=torch.float64)
+        out = np.empty(len(rows))
+        step = max(1, 2_000_000 // max(1, Xt.shape[1]))
+        for s in range(0, len(rows), step):
+            a = Xt[torch.as_tensor(rows[s : s + step])]
+            b = Xt[torch.as_tensor(cols[s : s + step])]
+            out[s : s + step] = self._pair_log_weights(a, b).numpy()
+        return out
+
+    def conditional(self, X, *, y=None, groups=None, knn=None, random_state=None, n_jobs=None):
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"A neighbourhood distribution needs at least 2 samples, got {n}.")
+        k = self._resolve_n_neighbors(n)
+        rows, cols, distances = self._edges(X, k, knn, random_state, n_jobs)
+        logw = self._conditional_log_weights(X, rows, cols, distances, n)
+        if self.include_self:
+            rows = np.concatenate([rows, np.arange(n)])
+            cols = np.concatenate([cols, np.arange(n)])
+            logw = np.concatenate([logw, self._self_log_weights(X, n)])
+        # Row-wise max shift in log space so that exp() never overflows or flushes a row to 0.
+        row_max = np.full(n, -np.inf)
+        np.maximum.at(row_max, rows, logw)
+        w = np.exp(logw - row_max[rows])
+        return normalize_rows(sp.csr_matrix((w, (rows, cols)), shape=(n, n)))
+
+    def _conditional_log_weights(self, X, rows, cols, distances, n):
+        return self._edge_log_weights(X, rows, cols, distances)
+
+    def _self_log_weights(self, X, n):
+        Xt = as_tensor(X, dtype=torch.float64)
+        return self._pair_log_weights(Xt, Xt).numpy()
+
+    def log_weights(self, Z, Z_cand=None):
+        raise NotImplementedError
+
+    def _pair_log_weights(self, A, B):
+        raise NotImplementedError
+
+
+class Gaussian(_PairwiseKernel):
+    """Gaussian neighbourhoods: p(j|i) ∝ exp(-||x_i - x_j||^2 / (2 sigma_i^2)).
+
+    With ``perplexity`` set (supervisory use), each sigma_i is calibrated by bisection so that
+    the row's perplexity equals the target, as in SNE and t-SNE. As a learned kernel it is the
+    Gaussian of SNE and, on normalised features, the kernel of InfoNCE.
+
+    Parameters
+    ----------
+    sigma : float, default=1.0
+        Bandwidth. Table 1's SNE q uses ``exp(-||phi_i - phi_j||^2)``, i.e. ``sigma=sqrt(0.5)``.
+    perplexity : float, default=None
+        Target perplexity for per-point bandwidths (supervisory use only); overrides ``sigma``.
+    n_neighbors : int, "auto" or None, default="auto"
+        Candidates for the supervisory use: the k nearest neighbours ("auto": 3 x perplexity, or
+        90), or all pairs when None (exact, O(n^2) memory).
+    include_self : bool, default=False
+        Whether j == i is a candidate (True for the k-means row, Theorem 9).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.kernels import Gaussian
+    >>> P = Gaussian(perplexity=2.0).conditional(np.random.RandomState(0).randn(20, 3))
+    >>> np.allclose(P.sum(axis=1), 1.0)
+    True
+    """
+
+    def __init__(self, sigma=1.0, *, perplexity=None, n_neighbors="auto", include_self=False):
+        self.sigma = sigma
+        self.perplexity = perplexity
+        self.n_neighbors = n_neighbors
+        self.include_self = include_self
+
+    def _validate(self):
+        _check_positive(self.sigma, "sigma")
+        _check_positive(self.perplexity, "perplexity", allow_none=True)
+
+    def log_weights(self, Z, Z_cand=None):
+        self._validate()
+        return -pairwise_sqdist(Z, Z_cand) / (2.0 * self.sigma**2)
+
+    def _pair_log_weights(self, A, B):
+        return -((A - B) ** 2).sum(dim=1) / (2.0 * self.sigma**2)
+
+    def _conditional_log_weights(self, X, rows, cols, distances, n):
+        self._validate()
+        if distances is not None and self._search_metric == "euclidean":
+            sq = distances.ravel() ** 2
+        else:
+            Xt = as_tensor(X, dtype=torch.float64)
+            sq = np.concatenate(
+                [
+                    ((Xt[torch.as_tensor(rows[s : s + 500_000])] - Xt[torch.as_tensor(cols[s : s + 500_000])]) ** 2)
+                    .sum(dim=1)
+                    .numpy()
+                    for s in range(0, len(rows), 500_000)
+                ]
+            )
+        if self.perplexity is None:
+            return -sq / (2.0 * self.sigma**2)
+        m = len(rows) // n
+        sq_rows = sq.reshape(n, m)
+        if self.perplexity > m:
+            raise ValueError(
+                f"perplexity={self.perplexity} is larger than the number of candidates ({m}); "
+                "lower the perplexity or raise n_neighbors."
+            )
+        betas = perplexity_betas(sq_rows, self.perplexity)
+        return (-betas[:, None] * sq_rows).ravel()
+
+    def _self_log_weights(self, X, n):
+        return np.zeros(n)
+
+
+class StudentT(_PairwiseKernel):
+    """Student-t neighbourhoods: w_ij = (1 + ||z_i - z_j||^2 / dof)^(-(dof + 1) / 2).
+
+    ``dof=1`` is the Cauchy kernel of t-SNE, ``(1 + d^2)^-1``; large ``dof`` tends to a Gaussian.
+
+    Parameters
+    ----------
+    dof : float, default=1.0
+        Degrees of freedom (any positive real).
+    n_neighbors : int, "auto" or None, default="auto"
+        Candidates for the supervisory use (see :class:`Gaussian`).
+    include_self : bool, default=False
+        Whether j == i is a candidate.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import StudentT
+    >>> q = StudentT(dof=1.0).prob(torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64))
+    >>> q.sum(dim=1)
+    tensor([1., 1., 1.], dtype=torch.float64)
+    """
+
+    def __init__(self, dof=1.0, *, n_neighbors="auto", include_self=False):
+        self.dof = dof
+        self.n_neighbors = n_neighbors
+        self.include_self = include_self
+
+    def _from_sq(self, sq):
+        _check_positive(self.dof, "dof")
+        return -(self.dof + 1.0) / 2.0 * torch.log1p(sq / self.dof)
+
+    def log_weights(self, Z, Z_cand=None):
+        return self._from_sq(pairwise_sqdist(Z, Z_cand))
+
+    def _pair_log_weights(self, A, B):
+        return self._from_sq(((A - B) ** 2).sum(dim=1))
+
+
+class Cosine(_PairwiseKernel):
+    """Cosine-similarity kernel with temperature: w_ij = exp(cos(z_i, z_j) / temperature).
+
+    On unit-norm features this equals a Gaussian of width ``sqrt(temperature)`` up to a
+    per-row constant, which is why InfoNCE / NT-Xent is a Gaussian row of Table 1.
+
+    Parameters
+    ----------
+    temperature : float, default=0.5
+        Temperature tau.
+    n_neighbors : int, "auto" or None, default="auto"
+        Candidates for the supervisory use (cosine nearest neighbours).
+    include_self : bool, default=False
+        Whether j == i is a candidate.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import Cosine
+    >>> Cosine(temperature=0.1).log_prob(torch.eye(3)).shape
+    torch.Size([3, 3])
+    """
+
+    _search_metric = "cosine"
+
+    def __init__(self, temperature=0.5, *, n_neighbors="auto", include_self=False):
+        self.temperature = temperature
+        self.n_neighbors = n_neighbors
+        self.include_self = include_self
+
+    def log_weights(self, Z, Z_cand=None):
+        _check_positive(self.temperature, "temperature")
+        Zn = torch.nn.functional.normalize(Z, dim=1)
+        Cn = Zn if Z_cand is None else torch.nn.functional.normalize(Z_cand, dim=1)
+        return Zn @ Cn.T / self.temperature
+
+    def _pair_log_weights(self, A, B):
+        _check_positive(self.temperature, "temperature")
+        return torch.nn.functional.cosine_similarity(A, B, dim=1) / self.temperature
+
+
+class DotProduct(_PairwiseKernel):
+    """Dot-product kernel: w_ij = exp(z_i . z_j / temperature) (unnormalised features).
+
+    Parameters
+    ----------
+    temperature : float, default=1.0
+        Temperature tau.
+    n_neighbors : int, "auto" or None, default="auto"
+        Candidates for the supervisory use (cosine nearest neighbours).
+    include_self : bool, default=False
+        Whether j == i is a candidate.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import DotProduct
+    >>> DotProduct().log_prob(torch.eye(2), torch.eye(3)[:, :2]).exp().sum(dim=1)
+    tensor([1., 1.])
+    """
+
+    _search_metric = "cosine"
+
+    def __init__(self, temperature=1.0, *, n_neighbors="auto", include_self=False):
+        self.temperature = temperature
+        self.n_neighbors = n_neighbors
+        self.include_self = include_self
+
+    def log_weights(self, Z, Z_cand=None):
+        _check_positive(self.temperature, "temperature")
+        C = Z if Z_cand is None else Z_cand
+        return Z @ C.T / self.temperature
+
+    def _pair_log_weights(self, A, B):
+        _check_positive(self.temperature, "temperature")
+        return (A * B).sum(dim=1) / self.temperature
