@@ -117,11 +117,17 @@ class MethodSpec:
         if "prototypes" in self.needs:
             W = prototypes if isinstance(prototypes, torch.Tensor) else as_tensor(prototypes, dtype=Zt.dtype)
             P = torch.as_tensor(p.conditional(X, y=y).toarray(), dtype=Zt.dtype)
+            P = p.finalize_block(P)  # applies Debiased (label smoothing) on p
             log_q = q.log_prob(Zt, W, exclude=exclude)
         else:
             context = {"y": y, "groups": groups}
             if views is not None:
                 context["views"] = views
+                if "views" in self.needs:
+                    # CMC / CLIP (Theorem 6): q's candidates are the points of the other views.
+                    v = np.asarray(views)
+                    same_view = torch.as_tensor(v[:, None] == v[None, :])
+                    exclude = same_view if exclude is None else (exclude | same_view)
             P = p.dense(X, **context).to(Zt.dtype)
             if exclude is not None:
                 P = P.masked_fill(exclude, 0.0)
@@ -224,9 +230,10 @@ METHODS = {
         _row("spectral", "Spectral clustering", lambda: Gaussian(sigma=1.0, n_neighbors=None, include_self=True),
              lambda: ClusterKernel(), "reverse", "ICONClustering", "Corollary 5",
              "Gaussian on spectral embedding", "shared cluster likelihood (by cluster)"),
-        _row("ncut", "Normalized cuts", lambda: Graph(degree_weighted=True), lambda: ClusterKernel(degree_weighted=True, include_self=False),
+        _row("ncut", "Normalized cuts", lambda: Graph(degree_weighted=True, exponential=True),
+             lambda: ClusterKernel(degree_weighted=True),
              "reverse", "ICONClustering", "Theorem 11",
-             "graph edge weights w_ij / d_j", "degree-weighted shared cluster likelihood"),
+             "exp(w_ij / d_j) over all j (dense)", "degree-weighted shared cluster likelihood"),
         _row("mi", "Mutual-information clustering", lambda: UniformKNN(n_neighbors=10), lambda: ClusterKernel(),
              "forward", "ICONClustering", "Theorem 10",
              "uniform over k nearest neighbours", "shared cluster likelihood (by cluster)"),

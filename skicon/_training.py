@@ -190,7 +190,7 @@ class Trainer:
         loss = self.compute_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"The I-Con loss became {float(loss)} at iteration {self.n_iter}; lower learning_rate, "
+                f"The I-Con loss became {float(loss.detach())} at iteration {self.n_iter}; lower learning_rate, "
                 "standardise the input, or add debiasing (alpha > 0)."
             )
         loss.backward()

@@ -38,6 +38,8 @@ __all__ = [
     "sampled_kernel_sums",
     "objective_and_gradient",
     "GradientDescent",
+    "auto_learning_rate",
+    "optimize",
 ]
 
 
@@ -133,6 +135,9 @@ class SparseAffinity:
         self.cols = torch.as_tensor(coo.col[keep][order].astype(np.int64), device=device)
         self.values = torch.as_tensor(coo.data[keep][order], dtype=dtype, device=device)
         self.n = P.shape[0]
+        counts = np.bincount(coo.row[keep], minlength=self.n)
+        # segment_reduce is much faster than index_add_ on CPU; empty rows are fine
+        self.lengths = torch.as_tensor(counts.astype(np.int64), device=device)
         # sum p log p, the constant part of KL(p || q)
         v = coo.data[keep]
         self.entropy_term = float(np.sum(v * np.log(v)))
@@ -160,27 +165,32 @@ def _lagrange(t, n_nodes):
 class _GridPlan:
     """Interpolation of n points onto a regular grid (shared by all kernels of an iteration)."""
 
-    def __init__(self, index, weights, n_grid, spacing, dim):
+    def __init__(self, index, weights, n_grid, spacing, dim, cache=None):
         self.index = index  # (n, nodes**dim) flat grid index
         self.weights = weights  # (n, nodes**dim) interpolation weights
         self.n_grid = n_grid
         self.spacing = spacing
         self.dim = dim
-        self._kernel_cache = {}
+        self.cache = {} if cache is None else cache
 
-    def _offsets(self, device, dtype):
+    def kernel_fft(self, fn, device, dtype):
+        """FFT of the circulant embedding of ``fn`` on the grid offsets (cached per geometry)."""
+        key = (fn, self.n_grid, self.spacing, self.dim, str(device), dtype)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
         G = self.n_grid
         k = torch.arange(2 * G, device=device, dtype=dtype)
         # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1
         off = torch.where(k <= G, k, k - 2 * G) * self.spacing
-        return off
-
-    def kernel_fft(self, fn, device, dtype):
-        off = self._offsets(device, dtype)
         if self.dim == 1:
-            return torch.fft.rfft(fn(off * off))
-        d2 = off[:, None] ** 2 + off[None, :] ** 2
-        return torch.fft.rfft2(fn(d2))
+            out = torch.fft.rfft(fn(off * off))
+        else:
+            out = torch.fft.rfft2(fn(off[:, None] ** 2 + off[None, :] ** 2))
+        if len(self.cache) > 64:  # the grid grows during optimisation; keep memory bounded
+            self.cache.clear()
+        self.cache[key] = out
+        return out
 
     def sums(self, fn, charges):
         """``sum_j fn(|y_i - y_j|^2) charges_j`` for every i, through the grid: (n, c)."""
@@ -201,14 +211,28 @@ class _GridPlan:
         return (gathered * self.weights[None]).sum(dim=2).T
 
 
-def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_intervals=None):
+def _next_smooth(m):
+    """Smallest integer >= m whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_intervals=None, cache=None):
     """Build the interpolation grid for a 1-D or 2-D embedding.
 
-    The square bounding box of ``Y`` is split into ``B`` intervals per axis (at least
-    ``min_intervals``, at most ``interval_width`` wide, capped by ``max_intervals``); each interval
-    holds ``n_nodes`` equispaced interpolation nodes, so the nodes form one regular grid of
-    ``G = B * n_nodes`` points per axis, on which any translation-invariant kernel is a
-    (block-)Toeplitz matrix applied by FFT.
+    The bounding box of ``Y`` is split into ``B`` square intervals per axis, at most
+    ``interval_width`` wide and at least ``min_intervals`` of them (capped by ``max_intervals``);
+    each interval holds ``n_nodes`` equispaced interpolation nodes, so the nodes form one
+    regular grid of ``G = B * n_nodes`` points per axis, on which any translation-invariant
+    kernel is a (block-)Toeplitz matrix applied by FFT. The interval width is snapped to a
+    power of 2**(1/4) and ``B`` to an FFT-friendly size, so that consecutive iterations share
+    the grid geometry and the kernel transforms can be reused from ``cache``.
 
     Parameters
     ----------
@@ -221,7 +245,9 @@ def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_interva
     interval_width : float, default=1.0
         Maximum interval width in embedding units.
     max_intervals : int, default=None
-        Cap on intervals per axis (memory guard); ``2000 // d**2`` when None.
+        Cap on intervals per axis (memory guard); 4096 in 1-D and 512 in 2-D when None.
+    cache : dict, default=None
+        Storage for kernel transforms, reused across calls.
 
     Returns
     -------
@@ -232,14 +258,22 @@ def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_interva
     if dim not in (1, 2):
         raise ValueError(f"the FFT repulsion supports 1-D and 2-D embeddings, got {dim}-D.")
     if max_intervals is None:
-        max_intervals = 2000 if dim == 1 else 400
-    lo = float(Y.min())
-    hi = float(Y.max())
-    span = max(hi - lo, 1e-12)
-    n_int = int(min(max(min_intervals, math.ceil(span / interval_width)), max_intervals))
-    # pad the box slightly so that the maximum falls strictly inside the last interval
-    span = span * (1.0 + 1e-6) + 1e-12
-    h = span / n_int
+        max_intervals = 4096 if dim == 1 else 512
+    lo = Y.min(dim=0).values
+    hi = Y.max(dim=0).values
+    span = max(float((hi - lo).max()), 1e-12)
+    h = span / min_intervals
+    if h >= interval_width:
+        h = float(interval_width)
+    else:
+        h = 2.0 ** (math.floor(4.0 * math.log2(h)) / 4.0)
+    n_int = math.floor(span / h) + 1
+    if n_int > max_intervals:
+        n_int = max_intervals
+        h = span * (1.0 + 1e-6) / n_int
+    n_int = min(_next_smooth(n_int), max(n_int, max_intervals))
+    # centre the box on the data
+    lo = (lo + hi) / 2.0 - n_int * h / 2.0
     u = (Y - lo) / h
     box = u.floor().clamp_(0, n_int - 1)
     t = u - box
@@ -256,7 +290,7 @@ def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_interva
         wx = _lagrange(t[:, 0], n_nodes)
         wy = _lagrange(t[:, 1], n_nodes)
         weights = (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)
-    return _GridPlan(index, weights, G, h / n_nodes, dim)
+    return _GridPlan(index, weights, G, h / n_nodes, dim, cache)
 
 
 def fft_kernel_sums(Y, fn, charges, **grid_kwargs):
@@ -348,15 +382,26 @@ def sampled_kernel_sums(Y, fn, charges, *, n_negatives=64, generator=None):
 # ----------------------------------------------------------------------------------------------
 # objective
 # ----------------------------------------------------------------------------------------------
+def _segment_sum(values, aff):
+    """Sum edge values into their (sorted) rows."""
+    if aff.lengths is not None:
+        return torch.segment_reduce(values, "sum", lengths=aff.lengths, axis=0)
+    return torch.zeros(aff.n, *values.shape[1:], dtype=values.dtype, device=values.device).index_add_(
+        0, aff.rows, values
+    )
+
+
 def _attraction(Y, aff, kernel, scale, want_loss):
     """``sum_j scale * p_ij g_ij (y_i - y_j)`` over the non-zeros, and ``sum p_ij log w_ij``."""
-    diff = Y[aff.rows] - Y[aff.cols]
+    diff = Y.index_select(0, aff.rows) - Y.index_select(0, aff.cols)
     d2 = (diff * diff).sum(dim=1)
     if kernel.kind == "student" and kernel.dof == 1.0:
-        g = 1.0 / (1.0 + d2)
+        coef = aff.values / (1.0 + d2)
     else:
-        g = kernel.slope(d2)
-    force = torch.zeros_like(Y).index_add_(0, aff.rows, diff * (aff.values * (g * scale))[:, None])
+        coef = aff.values * kernel.slope(d2)
+    if scale != 1.0:
+        coef = coef * scale
+    force = _segment_sum(diff * coef[:, None], aff)
     plogw = float((aff.values * kernel.log_weight(d2)).sum()) if want_loss else None
     return force, plogw
 
@@ -541,3 +586,106 @@ class GradientDescent:
         self.Y.add_(self.update)
         if self.recenter:
             self.Y.sub_(self.Y.mean(dim=0, keepdim=True))
+
+
+def auto_learning_rate(n_samples, exaggeration):
+    """Learning rate of ``learning_rate="auto"``: ``max(n / (4 * exaggeration), 50)``.
+
+    With the true KL gradient (which carries the factor 4) this is the ``n / exaggeration`` rule
+    of Belkina et al. (2019) used by openTSNE, floored as in scikit-learn.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of points.
+    exaggeration : float
+        Exaggeration of the current phase.
+
+    Returns
+    -------
+    float
+    """
+    return max(n_samples / (4.0 * exaggeration), 50.0)
+
+
+def optimize(
+    Y,
+    aff,
+    kernel,
+    *,
+    phases,
+    normalization="joint",
+    alpha=0.0,
+    method="fft",
+    grid_kwargs=None,
+    n_negatives=64,
+    generator=None,
+    eval_every=50,
+    max_step_norm=5.0,
+    callback=None,
+    progress=None,
+):
+    """Run t-SNE style gradient descent through a list of phases.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d)
+        Initial embedding; updated in place.
+    aff : SparseAffinity
+        Supervisory affinities (see :func:`objective_and_gradient`).
+    kernel : KernelSpec
+        Learned kernel.
+    phases : list of dict
+        Each with ``n_iter``, ``exaggeration``, ``momentum`` and ``learning_rate`` (float or
+        ``"auto"``), run in order (e.g. early exaggeration, then the main phase).
+    normalization, alpha, method, grid_kwargs, n_negatives, generator
+        See :func:`objective_and_gradient`.
+    eval_every : int, default=50
+        Evaluate the loss every this many iterations (and at the end).
+    max_step_norm : float or None, default=5.0
+        Per-point cap on the update length.
+    callback : callable, default=None
+        ``callback(iteration, loss) -> bool`` called at every evaluation; truthy stops.
+    progress : object with ``update(k)``, default=None
+        Progress bar advanced once per iteration.
+
+    Returns
+    -------
+    Y : torch.Tensor
+        Final embedding.
+    loss_curve : list of (iteration, loss)
+        Loss values at the evaluated iterations.
+    n_iter : int
+        Iterations run.
+    """
+    n = Y.shape[0]
+    opt = GradientDescent(Y, max_step_norm=max_step_norm)
+    if method == "fft":
+        grid_kwargs = dict(grid_kwargs or {})
+        grid_kwargs.setdefault("cache", {})
+    curve = []
+    it = 0
+    for phase in phases:
+        ex = float(phase.get("exaggeration", 1.0))
+        lr = phase.get("learning_rate", "auto")
+        lr = auto_learning_rate(n, ex) if lr == "auto" else float(lr)
+        mom = float(phase.get("momentum", 0.8))
+        for _ in range(int(phase["n_iter"])):
+            it += 1
+            want = eval_every is not None and it % eval_every == 0
+            grad, loss = objective_and_gradient(
+                Y, aff, kernel, normalization=normalization, exaggeration=ex, alpha=alpha, method=method,
+                want_loss=want, grid_kwargs=grid_kwargs, n_negatives=n_negatives, generator=generator,
+            )
+            if not torch.isfinite(grad).all():
+                raise FloatingPointError(
+                    f"non-finite gradient at iteration {it}; lower learning_rate or check the input data."
+                )
+            opt.step(grad, lr, mom)
+            if progress is not None:
+                progress.update(1)
+            if want:
+                curve.append((it, loss))
+                if callback is not None and callback(it, loss):
+                    return Y, curve, it
+    return Y, curve, it

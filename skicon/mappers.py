@@ -12,6 +12,7 @@ from torch import nn
 
 __all__ = ["Table", "MLP", "make_mapper", "MAPPERS"]
 
+#: Names of the built-in mappers accepted by :func:`make_mapper`.
 MAPPERS = ("table", "linear", "mlp")
 
 
@@ -41,7 +42,7 @@ class Table(nn.Module):
 
 
 class MLP(nn.Sequential):
-    """Multi-layer perceptron ``Linear -> act -> ... -> Linear``.
+    """Multi-layer perceptron: linear layers with an activation between them.
 
     Parameters
     ----------

@@ -226,6 +226,55 @@ def periodic_grid_rst(rows):
     return "\n".join(lines + _list_table(["p (rows) / q (columns)"] + qs, body))
 
 
+def _grid_table(columns, rows):
+    """A reStructuredText grid table (readable as plain text, e.g. in the README)."""
+    # no escaping: a "|" inside a word cannot start a substitution, and the README is read raw
+    cells = [[" ".join(str(c if c is not None else "").split()) for c in row]
+             for row in [columns] + rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(columns))]
+    border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = border.replace("-", "=")
+
+    def line(row):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+
+    out = [border, line(cells[0]), head]
+    for row in cells[1:]:
+        out += [line(row), border]
+    return out
+
+
+README_BEGIN = ".. begin-method-table"
+README_END = ".. end-method-table"
+
+
+def readme_method_table(rows):
+    """The method table as it appears in README.rst, between the two markers."""
+    columns = ["method=", "Method", "Supervisory p(j|i)", "Learned q(j|i)", "KL", "Estimator",
+               "Paper"]
+    body = [[r["method"], r["title"], r["p"], r["q"],
+             {"forward": "KL(p||q)", "reverse": "KL(q||p)"}.get(r["direction"], r["direction"]),
+             r["estimator"], r["theorem"]] for r in rows]
+    return "\n".join(_grid_table(columns, body))
+
+
+def update_readme(path=DOCS.parent / "README.rst"):
+    """Rewrite the method table of README.rst from ``skicon.list_methods()``.
+
+    Returns
+    -------
+    changed : bool
+        Whether the file changed.
+    """
+    text = path.read_text(encoding="utf-8")
+    start = text.index(README_BEGIN) + len(README_BEGIN)
+    end = text.index(README_END)
+    new = text[:start] + "\n\n" + readme_method_table(method_rows()) + "\n\n" + text[end:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 # -- benchmarks ---------------------------------------------------------------------------
 
 
@@ -262,8 +311,21 @@ def skip_foreign_members(app, what, name, obj, skip, options):
     return None
 
 
+def drop_type_docstrings(app, what, name, obj, options, lines):
+    """Constants without a ``#:`` comment would show their type's docstring (tuple, float...)."""
+    if what in ("data", "attribute") and type(obj).__doc__ and \
+            "\n".join(lines).strip() == inspect.cleandoc(type(obj).__doc__).strip():
+        lines[:] = []
+
+
 def setup(app):
     """Register the generators with Sphinx."""
     app.connect("config-inited", generate)
+    app.connect("autodoc-process-docstring", drop_type_docstrings)
     app.connect("autodoc-skip-member", skip_foreign_members)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+    # `python docs/_ext/skicon_docs.py` refreshes the README's method table.
+    print("README.rst updated" if update_readme() else "README.rst already up to date")

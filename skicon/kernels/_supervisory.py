@@ -178,8 +178,14 @@ class Graph(Kernel):
         The affinity. When None, ``X`` passed to :meth:`conditional` is taken as the affinity
         (``metric="precomputed"`` style).
     degree_weighted : bool, default=False
-        Weight edges by the inverse degree of the target, p(j|i) ∝ A_ij / d_j (the normalized-cuts
-        row, Theorem 11).
+        Weight edges by the inverse degree of the target, A_ij / d_j.
+    exponential : bool, default=False
+        If True, p(j|i) ∝ exp(A_ij) (of the degree-weighted A_ij / d_j when
+        ``degree_weighted``) over *every* j, the self pair and non-edges included (weight
+        exp(0) = 1): Table 1's "Gaussians on edge weights" of the normalized-cuts row
+        (Theorem 11), under which the reverse I-Con loss equals the soft normalized cut up to
+        entropy and a constant. Dense, O(n^2) memory (an explicit exact mode). With the linear
+        form (False) KL(q || p) is infinite on any sparse graph.
 
     Examples
     --------
@@ -190,9 +196,15 @@ class Graph(Kernel):
            [1., 0.]])
     """
 
-    def __init__(self, affinity=None, *, degree_weighted=False):
+    def __init__(self, affinity=None, *, degree_weighted=False, exponential=False):
         self.affinity = affinity
         self.degree_weighted = degree_weighted
+        self.exponential = exponential
+
+    @property
+    def include_self(self):
+        """The self pair is a candidate only in the exponential form (weight exp(0))."""
+        return bool(self.exponential)
 
     def conditional(self, X, *, y=None, groups=None, knn=None, random_state=None, n_jobs=None):
         A = X if self.affinity is None else self.affinity
@@ -211,6 +223,9 @@ class Graph(Kernel):
             d = np.asarray(A.sum(axis=1)).ravel()
             inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
             A = A @ sp.diags(inv)
+        if self.exponential:
+            logw = A.toarray()
+            return normalize_rows(sp.csr_matrix(np.exp(logw - logw.max(axis=1, keepdims=True))))
         return normalize_rows(A)
 
 

@@ -25,6 +25,7 @@ class _Wrapper(Kernel):
 
     @property
     def include_self(self):
+        _check_kernel(self.kernel)
         return self.kernel.include_self
 
     def conditional(self, X, **context):
@@ -92,6 +93,7 @@ class Debiased(_Wrapper):
 
     def log_prob(self, Z, Z_cand=None, **kwargs):
         self._check_alpha()
+        _check_kernel(self.kernel)
         log_q = self.kernel.log_prob(Z, Z_cand, **kwargs)
         if self.alpha == 0:
             return log_q

@@ -1,0 +1,190 @@
+"""Checks that keep the documentation, README, CI script and benchmark tables honest.
+
+The Sphinx build itself is not run here (it needs the ``docs`` extra and minutes of CPU); these
+tests cover what can drift silently: the README's method table and test command, the
+docstrings of public names, the benchmark report renderer and ``show_versions``.
+"""
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import skicon
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_docs_extension():
+    spec = importlib.util.spec_from_file_location(
+        "skicon_docs", ROOT / "docs" / "_ext" / "skicon_docs.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def docs_ext():
+    return _load_docs_extension()
+
+
+def _readme():
+    return (ROOT / "README.rst").read_text(encoding="utf-8")
+
+
+def test_readme_method_table_matches_registry(docs_ext):
+    text = _readme()
+    start = text.index(docs_ext.README_BEGIN) + len(docs_ext.README_BEGIN)
+    block = text[start : text.index(docs_ext.README_END)].strip()
+    expected = docs_ext.readme_method_table(docs_ext.method_rows())
+    assert block == expected, (
+        "README.rst's method table is out of date: run `python docs/_ext/skicon_docs.py`"
+    )
+
+
+def test_method_table_lists_every_registry_row(docs_ext):
+    rows = docs_ext.method_rows()
+    names = [row.name for row in skicon.list_methods()]
+    assert [r["method"] for r in rows] == names
+    assert len(names) >= 14
+    rst = docs_ext.method_table_rst(rows)
+    for name in names:
+        assert f'"{name}"' in rst
+
+
+def _readme_commands():
+    """Literal blocks of the README's "On a fresh machine" section."""
+    text = _readme()
+    section = text[text.index("On a fresh machine") : text.index("A short example")]
+    return [line.strip() for line in section.splitlines() if line.startswith("    pip install")]
+
+
+def test_readme_has_exactly_two_fresh_machine_commands():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    for command in commands:
+        # CPU torch first, so that the package's torch requirement never pulls a CUDA build
+        assert command.startswith("pip install torch==2.13.0 && pip install ")
+    assert commands[0].endswith("python examples/quickstart.py")
+    assert (ROOT / "examples" / "quickstart.py").is_file()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_test = _readme_commands()[1].split(" && ")[-1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci_commands = [line.strip() for line in ci.splitlines()]
+    assert readme_test in ci_commands
+    assert "--doctest-modules" in readme_test
+    assert 'python -m pip install torch==2.13.0' in ci_commands
+    assert ci_commands.index('python -m pip install torch==2.13.0') < ci_commands.index(
+        'python -m pip install -e ".[test]"'
+    )
+
+
+def _public_objects():
+    """(qualified name, object) for every public name that the API reference documents."""
+    docs_ext = _load_docs_extension()
+    for module in docs_ext.public_modules():
+        for name in docs_ext.public_names(module):
+            yield f"{module.__name__}.{name}", getattr(module, name)
+
+
+@pytest.mark.parametrize("qualname, obj", list(_public_objects()), ids=lambda v: v if
+                         isinstance(v, str) else "")
+def test_public_name_has_numpydoc_docstring(qualname, obj):
+    doc = inspect.getdoc(obj)
+    assert doc, f"{qualname} has no docstring"
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        # numpydoc: a summary line, then sections with dashed underlines
+        assert doc.splitlines()[0].strip(), f"{qualname}: the docstring must start with a summary"
+        has_params = bool(inspect.signature(obj).parameters) if inspect.isfunction(obj) else True
+        if has_params and inspect.isfunction(obj):
+            assert re.search(r"^Parameters\n-+$", doc, re.M), f"{qualname}: no Parameters section"
+
+
+def test_show_versions_reports_dependencies(capsys):
+    skicon.show_versions()
+    out = capsys.readouterr().out
+    for name in ("python", "skicon", "torch", "numpy", "scipy", "scikit-learn", "pynndescent",
+                 "joblib", "tqdm", "cuda available"):
+        assert re.search(rf"^\s*{re.escape(name)}: \S", out, re.M), f"{name} missing:\n{out}"
+
+
+def _fake_record(**extra):
+    record = {
+        "name": "embedding",
+        "command": "python -m benchmarks --only embedding",
+        "quick": False,
+        "wall_time_s": 12.3,
+        "machine": {"cpu": "Test CPU", "logical_cores": 2, "torch_threads": 2, "cuda": None,
+                    "python": "3.11", "platform": "Linux", "packages": {"skicon": "0.1"},
+                    "git_commit": "abc123", "date_utc": "2026-01-01 00:00"},
+        "result": {
+            "title": "Embeddings of digits",
+            "tables": [{"title": "digits", "columns": ["method", "trust", "seconds"],
+                        "rows": [["skicon", 0.987654, 3.0], ["sklearn", 0.91, 1234.5]]}],
+            "notes": "one run",
+        },
+    }
+    record.update(extra)
+    return record
+
+
+def test_benchmark_report_renders_tables_machine_and_command():
+    report = importlib.import_module("benchmarks._report")
+    record = _fake_record()
+    md = report.to_markdown([record])
+    assert "| method | trust | seconds |" in md
+    assert "| skicon | 0.988 | 3 |" in md
+    assert "| sklearn | 0.910 | 1,234 |" in md or "| sklearn | 0.910 | 1,235 |" in md
+    assert "Test CPU" in md and "python -m benchmarks --only embedding" in md
+    rst = report.to_rst([record])
+    assert ".. list-table::" in rst and "0.988" in rst and "Test CPU" in rst
+
+
+def test_benchmark_report_handles_row_dicts_and_failures(tmp_path):
+    report = importlib.import_module("benchmarks._report")
+    record = _fake_record(error="RuntimeError: boom", quick=True,
+                          result={"rows": [{"method": "a", "acc": 0.5}, {"method": "b", "nmi": 1}]})
+    path = report.write_record(record, tmp_path)
+    (loaded,) = report.load_records(tmp_path)
+    assert path.name == "embedding.json" and loaded == record
+    md = report.to_markdown([loaded])
+    assert "| method | acc | nmi |" in md and "| b | n/a | 1 |" in md
+    assert "boom" in md and "Quick" in md
+
+
+def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):
+    main = importlib.import_module("benchmarks.__main__")
+    report = importlib.import_module("benchmarks._report")
+    calls = []
+
+    def fake_import(name):
+        calls.append(name)
+        raise ImportError("no such benchmark yet")
+
+    monkeypatch.setattr(main.importlib, "import_module", fake_import)
+    monkeypatch.setattr(main, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(main, "write_record", lambda r: report.write_record(r, tmp_path))
+    monkeypatch.setattr(main, "load_records", lambda: report.load_records(tmp_path))
+    assert main.main(["--quick", "--only", "clustering"]) == 1
+    assert calls == ["benchmarks.bench_clustering"]
+    (record,) = report.load_records(tmp_path)
+    assert record["command"] == "python -m benchmarks --quick --only clustering"
+    assert "ImportError" in record["error"]
+    assert (tmp_path / report.COMBINED_MARKDOWN).exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_example_is_valid_python_with_a_docstring(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    doc = ast.get_docstring(tree)
+    assert doc, f"{path.name} needs a module docstring (the gallery's title and text)"
+    if path.name.startswith("plot_"):
+        title = doc.splitlines()
+        assert len(title) > 1 and set(title[1]) == {"="}, f"{path.name}: rst title expected"

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.special import entr
+
+from skicon.neighbors import knn_graph, perplexity_betas
+
+
+def test_exact_graph_on_a_line():
+    X = np.array([[0.0], [1.0], [3.0], [7.0]])
+    g = knn_graph(X, 2)
+    assert g.indices.tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+    assert np.allclose(g.distances, [[1, 3], [1, 2], [2, 3], [4, 6]])
+
+
+def test_k_is_clamped_and_self_is_never_a_neighbour():
+    X = np.random.RandomState(0).randn(5, 2)
+    g = knn_graph(X, 50)
+    assert g.indices.shape == (5, 4)
+    assert not (g.indices == np.arange(5)[:, None]).any()
+
+
+def test_duplicates_do_not_leave_self_in_graph():
+    X = np.zeros((6, 3))
+    g = knn_graph(X, 3)
+    assert not (g.indices == np.arange(6)[:, None]).any()
+    assert (g.distances == 0).all()
+
+
+def test_pynndescent_matches_exact_and_is_deterministic():
+    X = np.random.RandomState(0).randn(400, 5)
+    exact = knn_graph(X, 5, method="exact")
+    a = knn_graph(X, 5, method="pynndescent", random_state=0)
+    b = knn_graph(X, 5, method="pynndescent", random_state=0)
+    assert (a.indices == b.indices).all()
+    recall = np.mean([len(set(r) & set(s)) / 5 for r, s in zip(a.indices, exact.indices)])
+    assert recall > 0.95
+    assert (a.indices >= 0).all()
+
+
+def test_to_csr_is_sparse_n_by_n():
+    X = np.random.RandomState(0).randn(30, 2)
+    g = knn_graph(X, 4)
+    m = g.to_csr()
+    assert sp.issparse(m) and m.shape == (30, 30) and m.nnz == 120
+
+
+def test_sparse_input_and_cosine_metric():
+    X = sp.random(40, 20, density=0.3, random_state=0, format="csr") + sp.eye(40, 20)
+    g = knn_graph(X, 3, metric="cosine")
+    assert g.indices.shape == (40, 3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        knn_graph(np.zeros((1, 2)), 1)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        knn_graph(np.zeros((3, 2)), 0)
+    with pytest.raises(ValueError, match="method"):
+        knn_graph(np.zeros((3, 2)), 1, method="magic")
+
+
+@pytest.mark.parametrize("perplexity", [2.0, 5.0, 12.5])
+def test_perplexity_calibration_hits_target(perplexity):
+    rng = np.random.RandomState(1)
+    d2 = rng.rand(50, 30) * 10
+    beta = perplexity_betas(d2, perplexity)
+    logits = -beta[:, None] * d2
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    perp = np.exp(entr(p).sum(axis=1))
+    assert np.max(np.abs(perp - perplexity)) < 1e-5
+
+
+def test_perplexity_out_of_range():
+    with pytest.raises(ValueError, match="perplexity"):
+        perplexity_betas(np.ones((3, 4)), 10.0)

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from skicon._training import ConvergenceStop, Trainer, batched_forward, check_callbacks
+from skicon._utils import resolve_device, seed_from_random_state, torch_generator
+from skicon.mappers import MLP, Table, make_mapper
+
+
+def _quadratic_loss(module, batch, teacher):
+    return ((module(batch) - 1.0) ** 2).mean()
+
+
+def _trainer(**kw):
+    module = Table(torch.zeros(20, 2))
+    args = dict(n_samples=20, batch_size=5, n_steps=200, learning_rate=0.1, random_state=0)
+    args.update(kw)
+    return Trainer(module, _quadratic_loss, **args), module
+
+
+def test_trainer_minimises_and_records_history():
+    trainer, module = _trainer()
+    history = trainer.run()
+    assert len(history) == 200 and trainer.n_iter == 200
+    assert history[-1] < 1e-3 < history[0]
+    assert torch.allclose(module.weight, torch.ones(20, 2), atol=0.05)
+
+
+def test_batches_cover_each_epoch_and_are_seeded():
+    a, _ = _trainer()
+    b, _ = _trainer()
+    batches_a = [a.sample_batch() for _ in range(4)]
+    batches_b = [b.sample_batch() for _ in range(4)]
+    assert all((x == y).all() for x, y in zip(batches_a, batches_b))
+    assert sorted(torch.cat(batches_a).tolist()) == list(range(20))
+
+
+def test_callback_stops_training():
+    seen = []
+
+    def stop_at_5(it, loss, est):
+        seen.append(it)
+        return it == 4
+
+    trainer, _ = _trainer(callbacks=[stop_at_5])
+    trainer.run()
+    assert trainer.n_iter == 5 and seen == [0, 1, 2, 3, 4]
+
+
+def test_nan_loss_raises_clear_error():
+    def bad(module, batch, teacher):
+        return module(batch).sum() * float("nan")
+
+    trainer = Trainer(Table(torch.zeros(4, 1)), bad, n_samples=4, batch_size=2, n_steps=3)
+    with pytest.raises(FloatingPointError, match="learning_rate"):
+        trainer.run()
+
+
+def test_ema_teacher_lags_student():
+    trainer, module = _trainer(ema=0.9, n_steps=5)
+    trainer.run()
+    assert trainer.teacher is not module
+    assert not torch.allclose(trainer.teacher.weight, module.weight)
+    assert not trainer.teacher.weight.requires_grad
+
+
+def test_bad_optimizer_schedule_ema_and_callbacks():
+    for kw, match in [({"optimizer": "lbfgs"}, "optimizer"), ({"schedule": "zigzag"}, "schedule"),
+                      ({"ema": 1.5}, "ema")]:
+        trainer, _ = _trainer(**kw)
+        with pytest.raises(ValueError, match=match):
+            trainer.run()
+    with pytest.raises(TypeError, match="callbacks"):
+        check_callbacks([1])
+
+
+def test_convergence_stop():
+    stop = ConvergenceStop(patience=3, tol=0.0)
+    assert [stop(i, v, None) for i, v in enumerate([5, 4, 4, 4, 4])] == [False, False, False, False, True]
+
+
+def test_mappers():
+    assert make_mapper("table", 3, 2, n_samples=7).weight.shape == (7, 2)
+    mlp = make_mapper("mlp", 3, 2, hidden=(4, 5))
+    assert isinstance(mlp, MLP) and mlp(torch.zeros(6, 3)).shape == (6, 2)
+    a = make_mapper("linear", 3, 2, random_state=0)
+    b = make_mapper("linear", 3, 2, random_state=0)
+    assert torch.equal(a.weight, b.weight)
+    custom = make_mapper(lambda n_in, n_out: torch.nn.Linear(n_in, n_out, bias=False), 3, 2)
+    assert custom.bias is None
+    with pytest.raises(ValueError, match="mapper"):
+        make_mapper("transformer", 3, 2)
+    with pytest.raises(TypeError, match="nn.Module"):
+        make_mapper(lambda n_in, n_out: "not a module", 3, 2)
+
+
+def test_batched_forward_matches_direct():
+    lin = torch.nn.Linear(3, 2)
+    X = np.random.RandomState(0).randn(10, 3)
+    out = batched_forward(lin, X, batch_size=3)
+    with torch.no_grad():
+        assert np.allclose(out, lin(torch.tensor(X, dtype=torch.float32)).double().numpy(), atol=1e-6)
+
+
+def test_utils():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(TypeError):
+        resolve_device(3)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+    assert seed_from_random_state(5) == 5
+    g1, g2 = torch_generator(3), torch_generator(3)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
