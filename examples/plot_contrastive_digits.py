@@ -20,7 +20,6 @@ pictures, the 16-dimensional features of the test set are mapped to 2-D with
 
 # %%
 import matplotlib.pyplot as plt
-import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
@@ -29,7 +28,6 @@ from sklearn.model_selection import train_test_split
 from skicon._contrastive import ICONContrastive  # TEMP
 from skicon.augment import default_image_augmentation
 
-torch.set_num_threads(2)
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, stratify=y,
                                                     random_state=0)

@@ -279,14 +279,22 @@ def _output_dtype(X):
 
 
 def _encode(module, X, *, view=0, scale=1.0, batch_size=4096):
-    """Encode ``X`` in batches under inference mode; returns float64 numpy."""
+    """Encode ``X`` in batches under inference mode; returns float64 numpy.
+
+    Float64 input is encoded by a float64 copy of the module, so that the result does not
+    depend on how the rows are batched (float32 matrix products differ in the last bits
+    between batch sizes).
+    """
     device = next(module.parameters()).device
+    dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+    if dtype == torch.float64:
+        module = copy.deepcopy(module).double()
     was_training = module.training
     module.eval()
     out = []
     with torch.inference_mode():
         for s in range(0, X.shape[0], batch_size):
-            xb = torch.as_tensor(np.asarray(X[s : s + batch_size]) * scale, dtype=torch.float32, device=device)
+            xb = torch.as_tensor(np.asarray(X[s : s + batch_size]) * scale, dtype=dtype, device=device)
             out.append(module(xb, view) if isinstance(module, _Encoders) else module(xb))
     module.train(was_training)
     if not out:
@@ -594,6 +602,8 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
                 pos = "augment"
             else:
                 pos = "neighbors"
+        if self.method == "supcon" and y is None:
+            raise ValueError("method='supcon' uses class labels as positives; call fit(X, y).")
         needs = {
             "views": (is_views, "X to be a list of views [X_a, X_b, ...]"),
             "labels": (y is not None, "labels y: call fit(X, y)"),
@@ -1032,7 +1042,7 @@ def cross_entropy_block(codes, n_classes, alpha=0.0, dtype=torch.float32, device
     return Debiased(_BlockOnly(), alpha=alpha).finalize_block(p, None)
 
 
-class ICONClassifier(ClassifierMixin, _ICONNetworkBase):
+class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     """Cross-entropy classification as I-Con (Table 1, Corollary 3).
 
     ``p(c|i)`` is the indicator of sample ``i``'s label over the classes and ``q(c|i)`` a
@@ -1254,7 +1264,8 @@ class ICONClassifier(ClassifierMixin, _ICONNetworkBase):
         -------
         y_pred : ndarray of shape (n_samples,)
         """
-        return self.classes_[np.argmax(self._log_proba(X), axis=1)]
+        log_proba = self._log_proba(X)
+        return self.classes_[np.argmax(log_proba, axis=1)]
 
     def transform(self, X):
         """Representation ``f(x)`` (the penultimate features), in the input's float dtype.
@@ -1271,3 +1282,8 @@ class ICONClassifier(ClassifierMixin, _ICONNetworkBase):
         check_is_fitted(self, "module_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return _encode(self.module_, X, scale=self.input_scale_).astype(_output_dtype(X), copy=False)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

@@ -30,6 +30,7 @@ import torch
 
 __all__ = [
     "KernelSpec",
+    "perplexity_affinities",
     "joint_from_conditional",
     "SparseAffinity",
     "grid_plan",
@@ -114,6 +115,57 @@ def joint_from_conditional(P):
     return J / total if total > 0 else J
 
 
+def perplexity_affinities(distances, perplexity, *, tol=1e-5, max_iter=100):
+    """Row-conditional Gaussian affinities on a kNN graph with per-row perplexity calibration.
+
+    Vectorised bisection (in torch, all rows at once) on ``beta_i = 1 / (2 sigma_i^2)`` so that
+    the entropy of ``p(.|i) ∝ exp(-beta_i d_ij^2)`` over the k neighbours equals
+    ``log(perplexity)``.
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n, k)
+        Distances to the k nearest neighbours (self excluded).
+    perplexity : float
+        Target perplexity, at most k.
+    tol : float, default=1e-5
+        Tolerance on the entropy (nats).
+    max_iter : int, default=100
+        Maximum bisection steps.
+
+    Returns
+    -------
+    P : ndarray of shape (n, k)
+        Conditional probabilities, rows summing to one.
+    beta : ndarray of shape (n,)
+        The calibrated precisions.
+    """
+    d2 = torch.as_tensor(np.asarray(distances, dtype=np.float64)) ** 2
+    # subtracting each row's minimum leaves p unchanged and keeps exp() in range
+    d2 = d2 - d2.min(dim=1, keepdim=True).values
+    n = d2.shape[0]
+    target = math.log(perplexity)
+    mean = d2.mean(dim=1)
+    beta = torch.where(mean > 0, 1.0 / mean.clamp_min(1e-300), torch.ones_like(mean))
+    lo = torch.zeros(n, dtype=d2.dtype)
+    hi = torch.full((n,), math.inf, dtype=d2.dtype)
+    for _ in range(max_iter):
+        logits = -beta[:, None] * d2
+        w = torch.exp(logits)
+        z = w.sum(dim=1)
+        H = torch.log(z) - (w * logits).sum(dim=1) / z
+        diff = H - target
+        if float(diff.abs().max()) < tol:
+            break
+        up = diff > 0  # too flat: increase beta
+        lo = torch.where(up, beta, lo)
+        hi = torch.where(up, hi, beta)
+        beta = torch.where(torch.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+    w = torch.exp(-beta[:, None] * d2)
+    P = w / w.sum(dim=1, keepdim=True)
+    return P.numpy(), beta.numpy()
+
+
 class SparseAffinity:
     """A sparse supervisory matrix held as torch COO edge lists, on a device.
 
@@ -192,8 +244,8 @@ class _GridPlan:
         self.cache[key] = out
         return out
 
-    def sums(self, fn, charges):
-        """``sum_j fn(|y_i - y_j|^2) charges_j`` for every i, through the grid: (n, c)."""
+    def potentials(self, fn, charges):
+        """Kernel potentials of the charges on every grid node: (c, G**dim)."""
         n, c = charges.shape
         G = self.n_grid
         vals = (self.weights[:, :, None] * charges[:, None, :]).reshape(-1, c)
@@ -206,9 +258,38 @@ class _GridPlan:
         else:
             grid = grid.reshape(c, G, G)
             pot = torch.fft.irfft2(torch.fft.rfft2(grid, s=(2 * G, 2 * G)) * kf, s=(2 * G, 2 * G))[:, :G, :G]
-        pot = pot.reshape(c, -1)
-        gathered = pot[:, self.index]  # (c, n, nodes**dim)
-        return (gathered * self.weights[None]).sum(dim=2).T
+        return pot.reshape(c, -1)
+
+    @staticmethod
+    def gather(pot, index, weights):
+        """Interpolate grid potentials ``pot`` (c, G**dim) at points given by ``locate``: (m, c)."""
+        return (pot[:, index] * weights[None]).sum(dim=2).T
+
+    def locate(self, Y):
+        """Grid indices and interpolation weights of (new) points, clamped into the grid box."""
+        return _interpolation(Y, self.lo, self.h, self.n_intervals, self.n_nodes)
+
+    def sums(self, fn, charges):
+        """``sum_j fn(|y_i - y_j|^2) charges_j`` for every i, through the grid: (n, c)."""
+        return self.gather(self.potentials(fn, charges), self.index, self.weights)
+
+
+def _interpolation(Y, lo, h, n_int, n_nodes):
+    n, dim = Y.shape
+    u = ((Y - lo) / h).clamp_(0.0, n_int * (1.0 - 1e-7))
+    box = u.floor().clamp_(0, n_int - 1)
+    t = u - box
+    box = box.long()
+    G = n_int * n_nodes
+    ar = torch.arange(n_nodes, device=Y.device)
+    if dim == 1:
+        return box[:, 0:1] * n_nodes + ar[None, :], _lagrange(t[:, 0], n_nodes)
+    gx = box[:, 0:1] * n_nodes + ar[None, :]
+    gy = box[:, 1:2] * n_nodes + ar[None, :]
+    index = (gx[:, :, None] * G + gy[:, None, :]).reshape(n, -1)
+    wx = _lagrange(t[:, 0], n_nodes)
+    wy = _lagrange(t[:, 1], n_nodes)
+    return index, (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)
 
 
 def _next_smooth(m):
@@ -274,23 +355,10 @@ def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_interva
     n_int = min(_next_smooth(n_int), max(n_int, max_intervals))
     # centre the box on the data
     lo = (lo + hi) / 2.0 - n_int * h / 2.0
-    u = (Y - lo) / h
-    box = u.floor().clamp_(0, n_int - 1)
-    t = u - box
-    box = box.long()
-    G = n_int * n_nodes
-    if dim == 1:
-        index = box[:, 0:1] * n_nodes + torch.arange(n_nodes, device=Y.device)[None, :]
-        weights = _lagrange(t[:, 0], n_nodes)
-    else:
-        ar = torch.arange(n_nodes, device=Y.device)
-        gx = box[:, 0:1] * n_nodes + ar[None, :]
-        gy = box[:, 1:2] * n_nodes + ar[None, :]
-        index = (gx[:, :, None] * G + gy[:, None, :]).reshape(n, -1)
-        wx = _lagrange(t[:, 0], n_nodes)
-        wy = _lagrange(t[:, 1], n_nodes)
-        weights = (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)
-    return _GridPlan(index, weights, G, h / n_nodes, dim, cache)
+    index, weights = _interpolation(Y, lo, h, n_int, n_nodes)
+    plan = _GridPlan(index, weights, n_int * n_nodes, h / n_nodes, dim, cache)
+    plan.lo, plan.h, plan.n_intervals, plan.n_nodes = lo, h, n_int, n_nodes
+    return plan
 
 
 def fft_kernel_sums(Y, fn, charges, **grid_kwargs):
@@ -689,3 +757,86 @@ def optimize(
                 if callback is not None and callback(it, loss):
                     return Y, curve, it
     return Y, curve, it
+
+
+def embed_new_points(
+    Y_ref,
+    neighbors,
+    p_rows,
+    kernel,
+    *,
+    method="fft",
+    n_iter=250,
+    learning_rate=1.0,
+    grid_kwargs=None,
+):
+    """Place new points against a frozen reference embedding, each row independently.
+
+    Row i minimises ``KL(p(.|i) || q(.|i))`` where ``p(.|i)`` lives on its reference neighbours
+    and ``q(j|i) = w(y_i, y_j) / sum_k w(y_i, y_k)`` runs over all reference points. The
+    reference is frozen, so the repulsive field is computed once (on the FFT grid, or exactly per
+    row for ``method="exact"``) and every row's optimisation touches only that row: a batch
+    gives the same result as one point at a time.
+
+    Parameters
+    ----------
+    Y_ref : torch.Tensor of shape (n, d)
+        Frozen reference embedding.
+    neighbors : torch.Tensor of shape (m, k), int64
+        Reference neighbours of each new point.
+    p_rows : torch.Tensor of shape (m, k)
+        Supervisory probabilities over those neighbours (rows sum to one).
+    kernel : KernelSpec
+        Learned kernel.
+    method : {"fft", "exact"}, default="fft"
+        Repulsion evaluation; ``"fft"`` needs d in {1, 2}.
+    n_iter : int, default=250
+        Adam steps.
+    learning_rate : float, default=1.0
+        Initial Adam step (embedding units), annealed by a cosine schedule.
+    grid_kwargs : dict, default=None
+        Passed to :func:`grid_plan`.
+
+    Returns
+    -------
+    torch.Tensor of shape (m, d)
+        New embedding rows.
+    """
+    m, d = neighbors.shape[0], Y_ref.shape[1]
+    Y_nb = Y_ref[neighbors]  # (m, k, d)
+    Y = (p_rows[:, :, None] * Y_nb).sum(dim=1).clone()  # start at the p-weighted mean
+    if m == 0:
+        return Y
+    one = torch.ones(Y_ref.shape[0], 1, device=Y_ref.device, dtype=Y_ref.dtype)
+    if method == "fft":
+        plan = grid_plan(Y_ref, **(grid_kwargs or {}))
+        pot_w = plan.potentials(kernel.weight, one)
+        pot_wg = plan.potentials(kernel.weight_slope, torch.cat([one, Y_ref], dim=1))
+
+        def field(Yq):
+            idx, wts = plan.locate(Yq)
+            return plan.gather(pot_w, idx, wts)[:, 0], plan.gather(pot_wg, idx, wts)
+    else:
+        def field(Yq):
+            sq = (Y_ref * Y_ref).sum(dim=1)
+            d2 = ((Yq * Yq).sum(dim=1, keepdim=True) + sq[None, :] - 2.0 * Yq @ Y_ref.T).clamp_min_(0.0)
+            return kernel.weight(d2).sum(dim=1), kernel.weight_slope(d2) @ torch.cat([one, Y_ref], dim=1)
+
+    Y = Y.requires_grad_(False)
+    exp_avg = torch.zeros_like(Y)
+    exp_sq = torch.zeros_like(Y)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, n_iter + 1):
+        diff = Y[:, None, :] - Y_nb
+        g = kernel.slope((diff * diff).sum(dim=2))
+        attr = 2.0 * ((p_rows * g)[:, :, None] * diff).sum(dim=1)
+        Z, S = field(Y)
+        rep = 2.0 * (Y * S[:, :1] - S[:, 1:]) / Z.clamp_min(torch.finfo(Y.dtype).tiny)[:, None]
+        grad = attr - rep
+        # Adam, elementwise, so rows never interact
+        exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+        exp_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        lr = learning_rate * 0.5 * (1.0 + math.cos(math.pi * (t - 1) / n_iter))
+        step = exp_avg / (1 - b1**t) / ((exp_sq / (1 - b2**t)).sqrt() + eps)
+        Y = Y - lr * step
+    return Y

@@ -28,6 +28,16 @@ from skicon.kernels import (
 N, DIM = 6, 3
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: torch's intra-op threads only add synchronisation cost (50x on a
+    busy 2-core machine for the cluster kernel's 3-d logsumexp). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_conditional(rng, n, m, *, zero_diagonal, density=0.6):
     P = rng.rand(n, m) * (rng.rand(n, m) < density)
     P[np.arange(n), (np.arange(n) + 1) % m] += 0.5  # every row has mass off the diagonal
@@ -49,7 +59,10 @@ LEARNED = {
     "dot_product": (DotProduct(temperature=0.7), {}),
     "cluster": (ClusterKernel(), {}),
     "cluster_no_self": (ClusterKernel(include_self=False), {}),
-    "cluster_degree": (ClusterKernel(degree_weighted=True), {"degrees": torch.linspace(0.5, 3.0, N, dtype=torch.float64)}),
+    "cluster_degree": (
+        ClusterKernel(degree_weighted=True),
+        {"degrees": torch.linspace(0.5, 3.0, N, dtype=torch.float64)},
+    ),
     "debiased_gaussian": (Debiased(Gaussian(), alpha=0.3), {}),
     "debiased_student_t": (Debiased(StudentT(dof=0.5), alpha=0.2), {}),
     "debiased_cosine": (Debiased(Cosine(temperature=0.3), alpha=0.4), {}),
@@ -70,7 +83,10 @@ def test_gradcheck_forward_kl_through_kernel(name):
     assert gradcheck(lambda Z: icon_loss(P, kernel.log_prob(Z, **kwargs)), (Z,), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["gaussian", "student_t_real_dof", "cosine", "dot_product", "cluster", "debiased_gaussian", "debiased_cluster"])
+@pytest.mark.parametrize(
+    "name",
+    ["gaussian", "student_t_real_dof", "cosine", "dot_product", "cluster", "debiased_gaussian", "debiased_cluster"],
+)
 def test_gradcheck_with_separate_candidates(name):
     """Anchors against another candidate set (a teacher, a memory bank): both get gradients."""
     rng = np.random.RandomState(1)
@@ -118,6 +134,7 @@ def test_gradcheck_reverse_kl(kernel):
     assert gradcheck(lambda Z: icon_loss(P, kernel.log_prob(Z), direction="reverse"), (Z,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
 def test_gradcheck_sparse_supervision():
     rng = np.random.RandomState(5)
     P = sp.csr_matrix(random_conditional(rng, N, N, zero_diagonal=True).numpy())
@@ -139,6 +156,10 @@ def row_inputs(name, rng, n=8):
         kwargs["y"] = np.arange(n) % 3
     if name in ("sne", "tsne"):
         kwargs["p"] = Gaussian(perplexity=3.0)
+    if name == "pca":  # at the row's sigma = 1e3 the gradient is ~1e-6: check a finite width
+        kwargs["q"] = Gaussian(sigma=2.0, include_self=True)
+    if name == "mds":  # likewise (the loss itself is ~1e-12 at sigma = 1e3)
+        kwargs["p"], kwargs["q"] = Gaussian(sigma=2.0, n_neighbors=None), Gaussian(sigma=2.0)
     if name == "triplet":
         keep = np.zeros((n, n), dtype=bool)
         keep[np.arange(n), (np.arange(n) + n // 2) % n] = True
@@ -163,8 +184,10 @@ def test_gradcheck_every_row(name):
         fn = lambda Z, W: row.loss(X, Z, prototypes=W, **kwargs)  # noqa: E731
     else:
         fn = lambda Z: row.loss(X, Z, **kwargs)  # noqa: E731
-    # the wide-sigma rows (PCA, MDS) have tiny gradients: compare them relative to their size
-    assert gradcheck(fn, (Z, *extra), eps=1e-6, atol=1e-9, rtol=1e-4)
+    # The row recomputes p (neighbour search, calibration) on every call, so the finite
+    # differences are taken along random directions (fast mode) rather than per coordinate; the
+    # kernels themselves are checked coordinate by coordinate above.
+    assert gradcheck(fn, (Z, *extra), eps=1e-6, atol=1e-7, fast_mode=True)
 
 
 def test_sne_gradient_of_hinton_and_roweis():

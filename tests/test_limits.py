@@ -21,6 +21,16 @@ from skicon import get_method
 from skicon.kernels import ClusterKernel, Gaussian
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: torch's intra-op threads only add synchronisation cost (50x on a
+    busy 2-core machine for the cluster kernel's 3-d logsumexp). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sqdist(A, B=None):
     B = A if B is None else B
     return ((A[:, None, :] - B[None, :, :]) ** 2).sum(axis=-1)

@@ -37,7 +37,6 @@ from skicon.kernels import (
     Debiased,
     Gaussian,
     Graph,
-    Labels,
     Propagated,
     Prototypes,
     StudentT,
@@ -47,6 +46,16 @@ from skicon.kernels import (
 )
 
 RTOL = 1e-9
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: torch's intra-op threads only add synchronisation cost (50x on a
+    busy 2-core machine for the cluster kernel's 3-d logsumexp). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,11 +349,7 @@ def test_row_triplet(rng):
     n = len(Z)
     X = np.zeros((n, 1))
     pos = positive_partner(groups)
-    neg = (pos + 1 + rng.randint(0, n - 2, size=n)) % n
-    neg = np.where(neg == np.arange(n), (neg + 1) % n, neg)
-    neg = np.where(neg == pos, (neg + 1) % n, neg)
-    neg = np.where(neg == np.arange(n), (neg + 1) % n, neg)
-    assert np.all((neg != pos) & (neg != np.arange(n)))
+    neg = np.array([rng.choice([j for j in range(n) if j not in (i, pos[i])]) for i in range(n)])
     keep = np.zeros((n, n), dtype=bool)
     keep[np.arange(n), pos] = True
     keep[np.arange(n), neg] = True

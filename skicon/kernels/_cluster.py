@@ -72,7 +72,7 @@ class ClusterKernel(Kernel):
         # log of the (degree-weighted) cluster sizes over the candidate set
         log_size = torch.logsumexp(log_phi_c + log_d[:, None], dim=0)
         log_cand = log_phi_c + log_d[:, None] - log_size[None, :]
-        if log_phi.shape[0] * log_cand.shape[0] * log_phi.shape[1] <= 2**25:
+        if log_phi.shape[0] * log_cand.shape[0] * log_phi.shape[1] <= 2**20:
             logits = torch.logsumexp(log_phi[:, None, :] + log_cand[None, :, :], dim=2)
         else:
             # Large blocks: a matmul in probability space (memory O(B M) instead of O(B M C)).
