@@ -103,6 +103,8 @@ def machine_info():
 
 
 def _format_cell(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value != value:  # NaN
             return "n/a"
@@ -279,11 +281,17 @@ def to_rst(records):
 
 
 def load_records(results_dir=RESULTS_DIR):
-    """Read every ``*.json`` record in ``results_dir``, sorted by benchmark name."""
+    """Read the runner's records (``*.json`` in ``results_dir``), sorted by benchmark name.
+
+    JSON files that the runner did not write (no ``name`` and ``result`` keys, for example a
+    benchmark script's own scratch output) are skipped.
+    """
     records = []
     for path in sorted(Path(results_dir).glob("*.json")):
         with open(path, encoding="utf-8") as f:
-            records.append(json.load(f))
+            record = json.load(f)
+        if isinstance(record, dict) and "name" in record and "result" in record:
+            records.append(record)
     return records
 
 

@@ -81,9 +81,11 @@ html_static_path = ["_static"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_prev_next": False,
-    "secondary_sidebar_items": ["page-toc"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "user_guide/periodic_table": [],
+                                "benchmarks": []},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "benchmarks": [], "changelog": [], "citing": []}
+html_sidebars = {"index": [], "benchmarks": [], "changelog": [], "citing": [],
+                 "user_guide/periodic_table": []}
 html_show_sourcelink = False

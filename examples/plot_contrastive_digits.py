@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.model_selection import train_test_split
 
-from skicon._contrastive import ICONContrastive  # TEMP
+from skicon import ICONContrastive
 from skicon.augment import default_image_augmentation
 
 X, y = load_digits(return_X_y=True)

@@ -23,7 +23,6 @@ matplotlib.use("Agg")  # write the figure without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.manifold import TSNE, trustworthiness  # noqa: E402
@@ -32,7 +31,7 @@ from sklearn.model_selection import cross_val_score  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 
 from skicon import ICONClustering, ICONEmbedding  # noqa: E402
-from skicon.metrics import hungarian_accuracy  # noqa: E402
+from skicon.metrics import hungarian_accuracy, hungarian_matching  # noqa: E402
 
 
 def timed(fn):
@@ -69,14 +68,13 @@ def print_table(title, rows):
 
 
 def scatter(ax, Z, colors, title):
-    ax.scatter(Z[:, 0], Z[:, 1], c=colors, cmap="tab10", s=4, linewidths=0)
+    ax.scatter(Z[:, 0], Z[:, 1], c=colors, cmap="tab10", vmin=0, vmax=9, s=4, linewidths=0)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def main(output="quickstart.png"):
-    torch.set_num_threads(2)
     X, y = load_digits(return_X_y=True)
     print(f"digits: {X.shape[0]} samples, {X.shape[1]} features, {len(np.unique(y))} classes")
 
@@ -108,6 +106,9 @@ def main(output="quickstart.png"):
     for ax, labels, name in ((axes[1, 0], labels_icon, "skicon ICONClustering"),
                              (axes[1, 1], labels_km, "sklearn KMeans")):
         s = clusterings[name]
+        # rename each cluster to its best-matching digit so that colours are comparable
+        matching = hungarian_matching(y, labels)
+        labels = np.array([matching.get(c, -1) for c in labels])
         scatter(ax, Z_icon, labels, f"{name} clusters on the skicon map\nHungarian acc. "
                 f"{s['Hungarian acc.']:.3f}, NMI {s['NMI']:.3f}")
     fig.suptitle("skicon vs scikit-learn on digits")

@@ -7,9 +7,26 @@ cross-entropy, k-means, spectral clustering, normalized cuts and InfoNCE cluster
 
 __version__ = "0.1.0.dev0"
 
-from . import kernels, neighbors
+from . import augment, kernels, metrics, neighbors
+from ._clustering import ICONClustering
+from ._contrastive import ICONClassifier, ICONContrastive
+from ._embedding import ICONEmbedding
 from ._loss import icon_loss
 from ._registry import get_method, list_methods
 from ._show_versions import show_versions
 
-__all__ = ["icon_loss", "get_method", "list_methods", "show_versions", "kernels", "neighbors", "__version__"]
+__all__ = [
+    "ICONEmbedding",
+    "ICONClustering",
+    "ICONContrastive",
+    "ICONClassifier",
+    "icon_loss",
+    "get_method",
+    "list_methods",
+    "show_versions",
+    "kernels",
+    "neighbors",
+    "metrics",
+    "augment",
+    "__version__",
+]

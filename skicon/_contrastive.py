@@ -26,9 +26,10 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
 from ._loss import icon_loss
+from ._registry import get_method
 from ._training import Trainer, check_callbacks
 from ._utils import resolve_device, seed_from_random_state, torch_generator
-from .kernels import Cosine, Debiased, Gaussian, Kernel, Prototypes, StudentT, UniformKNN
+from .kernels import Debiased, Kernel, Prototypes, UniformKNN
 from .mappers import make_mapper
 
 __all__ = [
@@ -47,7 +48,7 @@ POSITIVES = ("auto", "labels", "groups", "augment", "views", "neighbors", "kerne
 # ---------------------------------------------------------------------------------------------
 # Pure maths: per-batch supervisory distributions
 # ---------------------------------------------------------------------------------------------
-def positive_pairs_block(ids, *, view_ids=None, cross_view=False, same_sample=None):
+def positive_pairs_block(ids, *, view_ids=None, cross_view=False, same_sample=None, dtype=torch.float64):
     """Batch supervisory distribution p(j|i) uniform over the anchor's positives.
 
     Point ``j`` is a positive of anchor ``i`` when ``ids[j] == ids[i]`` and ``j != i``
@@ -65,6 +66,8 @@ def positive_pairs_block(ids, *, view_ids=None, cross_view=False, same_sample=No
     same_sample : torch.Tensor of bool of shape (M, M), default=None
         Pairs that are copies of the same data point without augmentation; they are neither
         positives nor negatives (a copy is not evidence of anything).
+    dtype : torch.dtype, default=torch.float64
+        Dtype of ``p``.
 
     Returns
     -------
@@ -83,8 +86,8 @@ def positive_pairs_block(ids, *, view_ids=None, cross_view=False, same_sample=No
     if same_sample is not None:
         non_candidates = non_candidates | same_sample
     same = (ids[:, None] == ids[None, :]) & ~non_candidates
-    p = same.to(torch.float64)
-    p = p / p.sum(dim=1, keepdim=True).clamp_min(1.0)
+    counts = same.sum(dim=1, keepdim=True).clamp_min(1).to(dtype)
+    p = same.to(dtype) / counts
     return p, non_candidates
 
 
@@ -185,8 +188,15 @@ def contrastive_loss(Z, p, non_candidates, q, *, alpha=0.0, log_scale=None):
     """
     q_eff = q if log_scale is None else _with_scale(q, log_scale)
     log_q = q_eff.log_prob(Z, exclude=non_candidates)
-    p_t = debias_block(p.to(Z.dtype), non_candidates, alpha)
-    return icon_loss(p_t, log_q)
+    p = p.to(Z.dtype)
+    if alpha == 0:
+        # Positives are a small part of the block: hand the loss only those (sparse path).
+        idx = p.nonzero().T
+        p = torch.sparse_coo_tensor(
+            idx, p[idx[0], idx[1]], p.shape, is_coalesced=True, check_invariants=False
+        )
+        return icon_loss(p, log_q)
+    return icon_loss(debias_block(p, non_candidates, alpha), log_q)
 
 
 class _Scaled(Kernel):
@@ -310,6 +320,7 @@ class _TorchStateMixin:
         module = state.get("module_")
         if module is not None and any(t.device.type != "cpu" for t in module.parameters()):
             state["module_"] = copy.deepcopy(module).to("cpu")
+            state["_device"] = torch.device("cpu")
         return state
 
 
@@ -407,10 +418,10 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     ----------
     method : {"infonce", "simclr", "supcon", "triplet", "cmc", "clip", "tsimclr"}, \
             default="infonce"
-        Row of the paper's Table 1. It sets the learned kernel when ``q`` is None
-        (``Cosine(temperature)`` for infonce/simclr/supcon/cmc/clip, ``Gaussian`` on
-        ``exp(-||z_i - z_j||^2)`` for triplet, ``StudentT(dof)`` for tsimclr) and checks the
-        positives: ``"supcon"`` needs ``y``; ``"cmc"``/``"clip"`` need views (or
+        Row of the paper's Table 1 (``skicon.get_method``). It sets the learned kernel when
+        ``q`` is None (``Cosine`` with temperature 0.5 for infonce/simclr and 0.1 for
+        supcon/cmc/clip, ``Gaussian`` ``exp(-||z_i - z_j||^2)`` for triplet,
+        ``StudentT(dof=1)`` for tsimclr) and checks the positives: ``"supcon"`` needs ``y``; ``"cmc"``/``"clip"`` need views (or
         ``augment``, then the two augmented views are the modalities); ``"triplet"``
         keeps one positive and one random negative per anchor (Theorem 5).
     p : Kernel or None, default=None
@@ -424,10 +435,11 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     positives : {"auto", "labels", "groups", "augment", "views", "neighbors", "kernel"}, \
             default="auto"
         Source of positive pairs; "auto" is described above.
-    temperature : float, default=0.5
-        Temperature of the default cosine kernel.
-    dof : float, default=1.0
-        Degrees of freedom of the default Student-t kernel (``method="tsimclr"``).
+    temperature : float or None, default=None
+        Temperature of the method's cosine kernel; None keeps the row's default.
+    dof : float or None, default=None
+        Degrees of freedom of the Student-t kernel of ``method="tsimclr"``; None keeps the
+        row's default (1, the Cauchy kernel).
     learn_temperature : bool, default=False
         Learn a factor ``s`` (initialised to 1, clamped to [0.01, 100]) multiplying ``q``'s
         log-affinities: a learned inverse temperature, as in CLIP.
@@ -519,8 +531,8 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         "p": [None, Kernel],
         "q": [None, Kernel],
         "positives": [StrOptions(set(POSITIVES))],
-        "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
-        "dof": [Interval(numbers.Real, 0, None, closed="neither")],
+        "temperature": [None, Interval(numbers.Real, 0, None, closed="neither")],
+        "dof": [None, Interval(numbers.Real, 0, None, closed="neither")],
         "learn_temperature": ["boolean"],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -533,8 +545,8 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         p=None,
         q=None,
         positives="auto",
-        temperature=0.5,
-        dof=1.0,
+        temperature=None,
+        dof=None,
         learn_temperature=False,
         alpha=0.0,
         augment=None,
@@ -581,11 +593,13 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     def _learned_kernel(self):
         if self.q is not None:
             return self.q
-        if self.method == "triplet":
-            return Gaussian(sigma=math.sqrt(0.5))
-        if self.method == "tsimclr":
-            return StudentT(dof=self.dof)
-        return Cosine(temperature=self.temperature)
+        row = {"simclr": "infonce", "clip": "cmc"}.get(self.method, self.method)
+        q = get_method(row).q()  # the periodic table's kernel for this row
+        if self.temperature is not None and "temperature" in q.get_params():
+            q.set_params(temperature=self.temperature)
+        if self.dof is not None and "dof" in q.get_params():
+            q.set_params(dof=self.dof)
+        return q
 
     def _resolve_positives(self, is_views, y, groups):
         pos = self.positives
@@ -958,7 +972,7 @@ class _Batcher:
     def _single(self, module, batch):
         Z = module(self._x(0, batch), 0)
         ids = self.ids[batch].to(self.device)
-        p, non_cand = positive_pairs_block(ids)
+        p, non_cand = positive_pairs_block(ids, dtype=Z.dtype)
         return Z, p, non_cand
 
     def _views(self, module, batch):
@@ -966,7 +980,7 @@ class _Batcher:
         b = len(batch)
         ids = torch.arange(b, device=self.device).repeat(len(self.data))
         view_ids = torch.arange(len(self.data), device=self.device).repeat_interleave(b)
-        p, non_cand = positive_pairs_block(ids, view_ids=view_ids, cross_view=True)
+        p, non_cand = positive_pairs_block(ids, view_ids=view_ids, cross_view=True, dtype=Z.dtype)
         return Z, p, non_cand
 
     def _pairs(self, module, batch):
@@ -991,7 +1005,7 @@ class _Batcher:
             same_sample = idx_d[:, None] == idx_d[None, :]
         view_ids = torch.arange(2, device=self.device).repeat_interleave(b)
         p, non_cand = positive_pairs_block(
-            ids, view_ids=view_ids, cross_view=self.cross_view, same_sample=same_sample
+            ids, view_ids=view_ids, cross_view=self.cross_view, same_sample=same_sample, dtype=Z.dtype
         )
         return Z, p, non_cand
 

@@ -41,7 +41,7 @@ MODES = ("auto", "exact", "fft", "sampled")
 
 #: Below this many samples ``mode="auto"`` computes the repulsion exactly (measured faster than
 #: the FFT grid there, and free of interpolation error).
-EXACT_BELOW = 1500
+EXACT_BELOW = 1000
 
 #: Width of the "wide" Gaussians of the PCA and MDS limits, in units of the root-mean-square
 #: pairwise distance of the data: wide enough that the second-order terms the theorems drop are
@@ -194,7 +194,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     mode : {"auto", "exact", "fft", "sampled"}, default="auto"
         How the repulsion over all pairs is computed. "exact": all pairs (O(n^2) time, chunked
         memory); "fft": grid interpolation + FFT (1-D/2-D only); "sampled": random negatives.
-        "auto": exact below 1,500 samples, fft in 1-D/2-D, sampled otherwise (exact up to
+        "auto": exact below 1,000 samples, fft in 1-D/2-D, sampled otherwise (exact up to
         5,000 samples).
     n_negatives : int, default=64
         Negatives per point for ``mode="sampled"``.
@@ -736,7 +736,14 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         k = int(min(n, max(1, math.ceil(3 * perplexity))))
         perplexity = min(perplexity, k)
         nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(Xf)
-        dist, ind = nn.kneighbors(X)
+        _, ind = nn.kneighbors(X)
+        # recompute the distances elementwise: BLAS-based ones depend on the batch in the last bits
+        Xd = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+        Fd = Xf.toarray() if sp.issparse(Xf) else np.asarray(Xf, dtype=np.float64)
+        dist = np.zeros(ind.shape)
+        step = max(1, 4_000_000 // max(1, k * Xd.shape[1]))
+        for s in range(0, Xd.shape[0], step):
+            dist[s : s + step] = np.sqrt(((Xd[s : s + step, None, :] - Fd[ind[s : s + step]]) ** 2).sum(axis=2))
         rows, _ = _tsne.perplexity_affinities(dist, perplexity)
         Y_ref = torch.as_tensor(self.embedding_, dtype=torch.float32, device=device)
         kernel = getattr(self, "_engine", None) or _tsne.KernelSpec()

@@ -155,12 +155,16 @@ def perplexity_affinities(distances, perplexity, *, tol=1e-5, max_iter=100):
         z = w.sum(dim=1)
         H = torch.log(z) - (w * logits).sum(dim=1) / z
         diff = H - target
-        if float(diff.abs().max()) < tol:
+        active = diff.abs() >= tol
+        if not bool(active.any()):
             break
-        up = diff > 0  # too flat: increase beta
+        # converged rows are frozen, so each row's result does not depend on the others
+        up = (diff > 0) & active  # too flat: increase beta
+        down = (diff <= 0) & active
         lo = torch.where(up, beta, lo)
-        hi = torch.where(up, hi, beta)
-        beta = torch.where(torch.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+        hi = torch.where(down, beta, hi)
+        new_beta = torch.where(torch.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+        beta = torch.where(active, new_beta, beta)
     w = torch.exp(-beta[:, None] * d2)
     P = w / w.sum(dim=1, keepdim=True)
     return P.numpy(), beta.numpy()
@@ -236,29 +240,40 @@ class _GridPlan:
         # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1
         off = torch.where(k <= G, k, k - 2 * G) * self.spacing
         if self.dim == 1:
-            out = torch.fft.rfft(fn(off * off))
+            out = torch.fft.rfft(fn(off * off)).real.contiguous()
         else:
-            out = torch.fft.rfft2(fn(off[:, None] ** 2 + off[None, :] ** 2))
+            out = torch.fft.rfft2(fn(off[:, None] ** 2 + off[None, :] ** 2)).real.contiguous()
         if len(self.cache) > 64:  # the grid grows during optimisation; keep memory bounded
             self.cache.clear()
         self.cache[key] = out
         return out
 
-    def potentials(self, fn, charges):
-        """Kernel potentials of the charges on every grid node: (c, G**dim)."""
+    def charge_spectrum(self, charges):
+        """Spread charges (n, c) onto the grid and return their zero-padded FFT."""
         n, c = charges.shape
         G = self.n_grid
         vals = (self.weights[:, :, None] * charges[:, None, :]).reshape(-1, c)
         grid = torch.zeros(G**self.dim, c, device=charges.device, dtype=charges.dtype)
         grid.index_add_(0, self.index.reshape(-1), vals)
         grid = grid.T
-        kf = self.kernel_fft(fn, charges.device, charges.dtype)
         if self.dim == 1:
-            pot = torch.fft.irfft(torch.fft.rfft(grid, n=2 * G) * kf, n=2 * G)[:, :G]
+            return torch.fft.rfft(grid, n=2 * G)
+        return torch.fft.rfft2(grid.reshape(c, G, G), s=(2 * G, 2 * G))
+
+    def convolve(self, spectrum, fn):
+        """Potentials (c, G**dim) of a charge spectrum under kernel ``fn``."""
+        G = self.n_grid
+        kf = self.kernel_fft(fn, spectrum.device, spectrum.real.dtype)
+        prod = spectrum * kf  # kf is real: the circulant kernel is symmetric
+        if self.dim == 1:
+            pot = torch.fft.irfft(prod, n=2 * G)[:, :G]
         else:
-            grid = grid.reshape(c, G, G)
-            pot = torch.fft.irfft2(torch.fft.rfft2(grid, s=(2 * G, 2 * G)) * kf, s=(2 * G, 2 * G))[:, :G, :G]
-        return pot.reshape(c, -1)
+            pot = torch.fft.irfft2(prod, s=(2 * G, 2 * G))[:, :G, :G]
+        return pot.reshape(spectrum.shape[0], -1)
+
+    def potentials(self, fn, charges):
+        """Kernel potentials of the charges on every grid node: (c, G**dim)."""
+        return self.convolve(self.charge_spectrum(charges), fn)
 
     @staticmethod
     def gather(pot, index, weights):
@@ -304,7 +319,11 @@ def _next_smooth(m):
         m += 1
 
 
-def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_intervals=None, cache=None):
+#: Default grid parameters of :func:`grid_plan` (tuned by measurement, see benchmarks/).
+GRID_DEFAULTS = {"n_nodes": 3, "min_intervals": 25, "interval_width": 2.0}
+
+
+def grid_plan(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_intervals=None, cache=None):
     """Build the interpolation grid for a 1-D or 2-D embedding.
 
     The bounding box of ``Y`` is split into ``B`` square intervals per axis, at most
@@ -338,6 +357,9 @@ def grid_plan(Y, *, n_nodes=3, min_intervals=50, interval_width=1.0, max_interva
     n, dim = Y.shape
     if dim not in (1, 2):
         raise ValueError(f"the FFT repulsion supports 1-D and 2-D embeddings, got {dim}-D.")
+    n_nodes = GRID_DEFAULTS["n_nodes"] if n_nodes is None else n_nodes
+    min_intervals = GRID_DEFAULTS["min_intervals"] if min_intervals is None else min_intervals
+    interval_width = GRID_DEFAULTS["interval_width"] if interval_width is None else interval_width
     if max_intervals is None:
         max_intervals = 4096 if dim == 1 else 512
     lo = Y.min(dim=0).values
@@ -410,6 +432,22 @@ def exact_kernel_sums(Y, fn, charges, *, chunk=None):
         d2 = (sq[s : s + chunk, None] + sq[None, :] - 2.0 * Yb @ Y.T).clamp_min_(0.0)
         out.append(fn(d2) @ charges)
     return torch.cat(out, dim=0)
+
+
+def _exact_cauchy_sums(Y, charges, chunk=None):
+    """Exact row sums of ``w = 1/(1 + d^2)`` and ``(w^2) @ charges`` in one pass per chunk."""
+    n = Y.shape[0]
+    chunk = chunk or max(1, min(n, 2_000_000 // max(n, 1)))
+    sq = (Y * Y).sum(dim=1)
+    zs, outs = [], []
+    for s in range(0, n, chunk):
+        Yb = Y[s : s + chunk]
+        # 1 + d^2 = (1 + |a|^2) + |b|^2 - 2 a.b, built in place to limit passes over memory
+        w = torch.addmm((sq[s : s + chunk] + 1.0)[:, None], Yb, Y.T, beta=1.0, alpha=-2.0)
+        w.add_(sq[None, :]).clamp_(min=1.0).reciprocal_()
+        zs.append(w.sum(dim=1))
+        outs.append(w.mul_(w) @ charges)
+    return torch.cat(zs), torch.cat(outs, dim=0)
 
 
 def sampled_kernel_sums(Y, fn, charges, *, n_negatives=64, generator=None):
@@ -545,9 +583,18 @@ def objective_and_gradient(
 
     YC = torch.cat([one, Y], dim=1)
     if normalization == "joint":
-        S_w = sums(kernel.weight, one)[:, 0] - w0
+        if method == "exact" and kernel.kind == "student" and kernel.dof == 1.0:
+            S_w, S_wg = _exact_cauchy_sums(Y, YC)
+            S_w = S_w - w0
+        elif method == "fft":
+            # one charge spectrum [1, y] serves both kernels
+            spec = plan.charge_spectrum(YC)
+            S_w = plan.gather(plan.convolve(spec[:1], kernel.weight), plan.index, plan.weights)[:, 0] - w0
+            S_wg = plan.gather(plan.convolve(spec, kernel.weight_slope), plan.index, plan.weights)
+        else:
+            S_w = sums(kernel.weight, one)[:, 0] - w0
+            S_wg = sums(kernel.weight_slope, YC)
         Z = S_w.sum().clamp_min(torch.finfo(Y.dtype).tiny)
-        S_wg = sums(kernel.weight_slope, YC)
         rep = Y * S_wg[:, :1] - S_wg[:, 1:]  # self pair cancels
         attr, plogw = _attraction(Y, aff, kernel, (1.0 - alpha) * exaggeration, want_loss)
         grad = 4.0 * (attr - rep / Z)
@@ -817,10 +864,18 @@ def embed_new_points(
             idx, wts = plan.locate(Yq)
             return plan.gather(pot_w, idx, wts)[:, 0], plan.gather(pot_wg, idx, wts)
     else:
+        YC = torch.cat([one, Y_ref], dim=1)
+
         def field(Yq):
-            sq = (Y_ref * Y_ref).sum(dim=1)
-            d2 = ((Yq * Yq).sum(dim=1, keepdim=True) + sq[None, :] - 2.0 * Yq @ Y_ref.T).clamp_min_(0.0)
-            return kernel.weight(d2).sum(dim=1), kernel.weight_slope(d2) @ torch.cat([one, Y_ref], dim=1)
+            # elementwise per row (no matmul) so that results do not depend on the batch
+            Zs, Ss = [], []
+            step = max(1, 2_000_000 // max(1, Y_ref.shape[0] * (d + 1)))
+            for s in range(0, Yq.shape[0], step):
+                diff = Yq[s : s + step, None, :] - Y_ref[None, :, :]
+                d2 = (diff * diff).sum(dim=2)
+                Zs.append(kernel.weight(d2).sum(dim=1))
+                Ss.append((kernel.weight_slope(d2)[:, :, None] * YC[None, :, :]).sum(dim=1))
+            return torch.cat(Zs), torch.cat(Ss)
 
     Y = Y.requires_grad_(False)
     exp_avg = torch.zeros_like(Y)

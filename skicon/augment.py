@@ -41,6 +41,7 @@ __all__ = [
     "Augmentation",
     "Compose",
     "GaussianNoise",
+    "RandomAffine",
     "RandomErasing",
     "RandomResizedCrop",
     "RandomRotation",
@@ -238,6 +239,9 @@ class RandomTranslation(Augmentation):
         self.fill = fill
 
     def _apply(self, images, gen):
+        return _resample(images, self._theta(images, gen), float(self.fill))
+
+    def _theta(self, images, gen):
         if not (isinstance(self.max_shift, numbers.Real) and self.max_shift >= 0):
             raise ValueError(f"max_shift must be a non-negative number; got {self.max_shift!r}.")
         n, _, h, w = images.shape
@@ -245,7 +249,7 @@ class RandomTranslation(Augmentation):
         # grid coordinates are in [-1, 1]: one pixel is 2 / size.
         theta[:, 0, 2] = _uniform(n, -self.max_shift, self.max_shift, gen, images) * 2.0 / w
         theta[:, 1, 2] = _uniform(n, -self.max_shift, self.max_shift, gen, images) * 2.0 / h
-        return _resample(images, theta, float(self.fill))
+        return theta
 
 
 class RandomRotation(Augmentation):
@@ -269,6 +273,9 @@ class RandomRotation(Augmentation):
         self.fill = fill
 
     def _apply(self, images, gen):
+        return _resample(images, self._theta(images, gen), float(self.fill))
+
+    def _theta(self, images, gen):
         if not (isinstance(self.degrees, numbers.Real) and 0 <= self.degrees <= 180):
             raise ValueError(f"degrees must be in [0, 180]; got {self.degrees!r}.")
         n, _, h, w = images.shape
@@ -280,7 +287,7 @@ class RandomRotation(Augmentation):
         theta[:, 0, 1] = -sin * h / w
         theta[:, 1, 0] = sin * w / h
         theta[:, 1, 1] = cos
-        return _resample(images, theta, float(self.fill))
+        return theta
 
 
 class RandomResizedCrop(Augmentation):
@@ -304,6 +311,9 @@ class RandomResizedCrop(Augmentation):
         self.ratio = ratio
 
     def _apply(self, images, gen):
+        return _resample(images, self._theta(images, gen), 0.0)
+
+    def _theta(self, images, gen):
         lo, hi = self._range("scale", self.scale, upper=1.0)
         rlo, rhi = self._range("ratio", self.ratio, upper=None)
         n = images.shape[0]
@@ -320,7 +330,7 @@ class RandomResizedCrop(Augmentation):
         theta[:, 0, 2] = cx
         theta[:, 1, 1] = height
         theta[:, 1, 2] = cy
-        return _resample(images, theta, 0.0)
+        return theta
 
     @staticmethod
     def _range(name, value, upper):
@@ -332,6 +342,57 @@ class RandomResizedCrop(Augmentation):
             bound = f" and high <= {upper}" if upper is not None else ""
             raise ValueError(f"{name} must satisfy 0 < low <= high{bound}; got {value!r}.")
         return lo, hi
+
+
+class RandomAffine(Augmentation):
+    """Random resized crop, rotation and translation fused into one resampling.
+
+    Equivalent to applying :class:`RandomResizedCrop`, :class:`RandomRotation` and
+    :class:`RandomTranslation` in that order, but the three affine maps are composed first,
+    so the image is interpolated once (sharper, and about three times cheaper).
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(H, W)`` or ``(C, H, W)``.
+    scale : tuple of float, default=(0.6, 1.0)
+        Range of the crop's area as a fraction of the image area.
+    ratio : tuple of float, default=(3/4, 4/3)
+        Range of the crop's aspect ratio.
+    degrees : float, default=12
+        Rotation angle range ``[-degrees, degrees]``.
+    max_shift : float, default=2
+        Translation range in pixels.
+    fill : float, default=0.0
+        Value of the pixels that enter the image.
+    p : float, default=1.0
+        Probability that a sample is transformed.
+    """
+
+    def __init__(self, image_shape=None, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), degrees=12,
+                 max_shift=2, fill=0.0, p=1.0):
+        super().__init__(image_shape=image_shape, p=p)
+        self.scale = scale
+        self.ratio = ratio
+        self.degrees = degrees
+        self.max_shift = max_shift
+        self.fill = fill
+
+    def _apply(self, images, gen):
+        parts = [
+            RandomResizedCrop(scale=self.scale, ratio=self.ratio),
+            RandomRotation(degrees=self.degrees),
+            RandomTranslation(max_shift=self.max_shift),
+        ]
+        n = images.shape[0]
+        bottom = torch.zeros(n, 1, 3, dtype=images.dtype, device=images.device)
+        bottom[:, 0, 2] = 1.0  # homogeneous coordinates, so that affine maps compose by matmul
+        total = None
+        for part in parts:
+            theta = torch.cat([part._theta(images, gen), bottom], dim=1)
+            # Output coordinates pass through the later maps first: crop(rotate(translate(u))).
+            total = theta if total is None else total @ theta
+        return _resample(images, total[:, :2], float(self.fill))
 
 
 class RandomErasing(Augmentation):
@@ -413,7 +474,7 @@ class GaussianNoise(Augmentation):
         scale = float(self.std)
         if self.relative and work.numel() > 1:
             scale *= float(work.std())
-        noise = torch.randn(work.shape, generator=gen, dtype=torch.float64).to(work)
+        noise = torch.randn(work.shape, generator=gen, dtype=work.dtype).to(work.device)
         out = work + scale * noise
         if self.p < 1.0:
             keep = _uniform(work.shape[0], 0.0, 1.0, gen, work) < self.p
@@ -465,8 +526,8 @@ class Compose(BaseEstimator):
 def default_image_augmentation(image_shape, *, strength=1.0):
     """SimCLR-style augmentation for small grey-scale images.
 
-    Random resized crop, small rotation, small translation, cutout and a
-    little Gaussian noise.  Tuned for 8x8 ``load_digits`` and 28x28 MNIST.
+    Random resized crop, small rotation and small translation (fused in one
+    :class:`RandomAffine`), cutout and a little Gaussian noise.  Tuned for 8x8 ``load_digits`` and 28x28 MNIST.
 
     Parameters
     ----------
@@ -488,11 +549,13 @@ def default_image_augmentation(image_shape, *, strength=1.0):
     max_ratio = (4 / 3) ** min(s, 1.0)
     return Compose(
         [
-            RandomResizedCrop(
-                image_shape=image_shape, scale=(min_area, 1.0), ratio=(max_ratio**-1, max_ratio)
+            RandomAffine(
+                image_shape=image_shape,
+                scale=(min_area, 1.0),
+                ratio=(max_ratio**-1, max_ratio),
+                degrees=min(180.0, 12.0 * s),
+                max_shift=s * max(1.0, min(h, w) / 10),
             ),
-            RandomRotation(image_shape=image_shape, degrees=min(180.0, 12.0 * s)),
-            RandomTranslation(image_shape=image_shape, max_shift=s * max(1.0, min(h, w) / 10)),
             RandomErasing(image_shape=image_shape, scale=(0.02, 0.02 + 0.12 * s), p=0.5 * min(s, 1)),
             GaussianNoise(std=0.05 * s),
         ]

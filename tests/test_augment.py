@@ -8,6 +8,7 @@ from sklearn.base import clone
 from skicon.augment import (
     Compose,
     GaussianNoise,
+    RandomAffine,
     RandomErasing,
     RandomResizedCrop,
     RandomRotation,
@@ -31,6 +32,7 @@ def _all_augmentations():
         RandomResizedCrop(image_shape=SHAPE, scale=(0.4, 0.8)),
         RandomErasing(image_shape=SHAPE, p=1.0),
         GaussianNoise(std=0.2),
+        RandomAffine(image_shape=SHAPE),
         default_image_augmentation(SHAPE),
     ]
 
@@ -187,3 +189,15 @@ def test_make_generator_accepts_seed_like_objects():
     a = torch.rand(3, generator=make_generator(np.random.RandomState(0)))
     b = torch.rand(3, generator=make_generator(np.random.RandomState(0)))
     assert torch.equal(a, b)
+
+
+def test_random_affine_composes_its_parts():
+    X = _images()
+    # With no rotation and no shift, the fused map is exactly the crop (same draws).
+    fused = RandomAffine(image_shape=SHAPE, scale=(0.4, 0.9), degrees=0, max_shift=0)(X, generator=0)
+    crop = RandomResizedCrop(image_shape=SHAPE, scale=(0.4, 0.9))(X, generator=0)
+    np.testing.assert_allclose(fused, crop, atol=1e-10)
+    # Identity parameters give back the image exactly.
+    img = np.arange(16.0).reshape(1, 16)
+    rot = RandomAffine(image_shape=(4, 4), scale=(1, 1), ratio=(1, 1), degrees=0, max_shift=0)
+    np.testing.assert_allclose(rot(img, generator=0), img, atol=1e-10)

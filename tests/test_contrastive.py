@@ -24,9 +24,16 @@ from skicon._loss import icon_loss
 from skicon.augment import GaussianNoise, RandomTranslation
 from skicon.kernels import Cosine, Debiased, Gaussian, Prototypes, StudentT, UniformKNN
 
-# One thread: these fits are tiny and two threads on a shared 2-core machine only contend.
-torch.set_num_threads(1)
 SMALL = dict(hidden_layer_sizes=(16,), n_components=4, batch_size=32, max_iter=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These fits are tiny; two threads on a shared 2-core machine only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _z(m, d, seed=0):

@@ -157,6 +157,8 @@ def test_benchmark_report_handles_row_dicts_and_failures(tmp_path):
     md = report.to_markdown([loaded])
     assert "| method | acc | nmi |" in md and "| b | n/a | 1 |" in md
     assert "boom" in md and "Quick" in md
+    (tmp_path / "scratch.json").write_text('{"rows": []}')  # not written by the runner
+    assert report.load_records(tmp_path) == [loaded]
 
 
 def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):

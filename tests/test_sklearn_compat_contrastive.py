@@ -13,9 +13,16 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skicon._contrastive import ICONClassifier, ICONContrastive
 from skicon.kernels import Cosine, StudentT
 
-# One thread: these fits are tiny and two threads on a shared 2-core machine only contend.
-torch.set_num_threads(1)
 FAST = dict(hidden_layer_sizes=(16,), max_iter=5, batch_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These fits are tiny; two threads on a shared 2-core machine only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @parametrize_with_checks(

@@ -139,6 +139,8 @@ def api_rst():
 
 def _rst_cell(value):
     text = " ".join(str(value if value is not None else "").split())
+    if text.startswith((":class:", "``")):  # markup written by this module
+        return text
     return text.replace("|", "\\|").replace("*", "\\*") or "--"
 
 
@@ -203,16 +205,16 @@ def method_rows():
 
 def method_table_rst(rows):
     """List-table of the registry: one line per method."""
-    columns = ["``method=``", "Method", "Supervisory p(j|i)", "Learned q(j|i)", "KL",
-               "Estimator", "Paper"]
+    columns = ["method=", "Method", "Supervisory p(j|i)", "Learned q(j|i)", "KL", "Estimator",
+               "Paper"]
     body = []
     for r in rows:
-        direction = {"forward": "KL(p||q)", "reverse": "KL(q||p)"}.get(r["direction"],
-                                                                       r["direction"])
-        body.append([f'"{r["method"]}"', r["title"], r["p"], r["q"], direction,
-                     r["estimator"], r["theorem"]])
+        direction = {"forward": "p||q", "reverse": "q||p"}.get(r["direction"], r["direction"])
+        body.append([f'``"{r["method"]}"``', r["title"], r["p"], r["q"], direction,
+                     f':class:`~skicon.{r["estimator"]}`' if r["estimator"] else "",
+                     r["theorem"]])
     lines = [".. Generated from skicon.list_methods() by docs/_ext/skicon_docs.py.", ""]
-    return "\n".join(lines + _list_table(columns, body, widths=[12, 12, 24, 24, 8, 12, 8]))
+    return "\n".join(lines + _list_table(columns, body, widths=[14, 14, 26, 26, 6, 14, 10]))
 
 
 def periodic_grid_rst(rows):

@@ -1,0 +1,232 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.datasets import load_digits, make_blobs
+
+from skicon._clustering import ICONClustering, cluster_kernel_loss, probabilistic_kmeans_loss
+from skicon._loss import icon_loss
+from skicon.kernels import ClusterKernel, Debiased
+from skicon.metrics import adjusted_rand_score, hungarian_accuracy
+
+FAST = dict(max_iter=60, n_init=2, batch_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two shared cores: one torch thread avoids oversubscription and keeps these tests fast.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return make_blobs(240, centers=4, cluster_std=0.6, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(return_X_y=True)
+
+
+# -- the batch loss equals the foundation's I-Con loss ----------------------------------------
+def _random_block(m, rng):
+    P = np.zeros((m, m))
+    for i in range(m):
+        js = rng.choice([j for j in range(m) if j != i], size=rng.randint(1, 3), replace=False)
+        P[i, js] = rng.rand(len(js)) + 0.1
+    return P / P.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("alpha,alpha_q,teacher,degree", [
+    (0.0, 0.0, False, False), (0.3, 0.0, False, False), (0.0, 0.5, False, False),
+    (0.6, 0.6, False, False), (0.4, 0.2, True, False), (0.0, 0.0, False, True), (0.3, 0.3, True, True),
+])
+def test_loss_equals_icon_loss_of_foundation_kernels(alpha, alpha_q, teacher, degree):
+    rng = np.random.RandomState(0)
+    m, C = 7, 3
+    P = _random_block(m, rng)
+    logits = torch.tensor(rng.randn(m, C) * 2)
+    cand = torch.tensor(rng.randn(m, C)) if teacher else None
+    d = torch.tensor(rng.rand(m) + 0.5) if degree else None
+    # independent reference: foundation kernels + icon_loss on the dense block
+    eye = torch.eye(m, dtype=torch.bool)
+    p_tilde = Debiased(ClusterKernel(include_self=False), alpha=alpha).finalize_block(torch.tensor(P), eye) \
+        if alpha > 0 else torch.tensor(P)
+    q_kernel = Debiased(ClusterKernel(degree_weighted=degree, include_self=False), alpha=alpha_q)
+    log_q = q_kernel.log_prob(logits, cand if teacher else logits, exclude=eye, degrees=d)
+    expected = icon_loss(p_tilde, log_q)
+    coo = sp.coo_matrix(P)
+    got = cluster_kernel_loss(
+        logits[None], torch.tensor(coo.row, dtype=torch.long), torch.tensor(coo.col, dtype=torch.long),
+        torch.tensor(coo.data), alpha=alpha, alpha_q=alpha_q,
+        cand_logits=None if cand is None else cand[None], degrees=d,
+    )
+    assert got.shape == (1,)
+    assert float(got[0]) == pytest.approx(float(expected), rel=1e-9, abs=1e-10)
+
+
+def test_sampled_negatives_are_unbiased():
+    rng = np.random.RandomState(1)
+    m = 12
+    P = sp.coo_matrix(_random_block(m, rng))
+    args = (torch.tensor(rng.randn(1, m, 3)), torch.tensor(P.row, dtype=torch.long),
+            torch.tensor(P.col, dtype=torch.long), torch.tensor(P.data))
+    exact = float(cluster_kernel_loss(*args, alpha=0.5, alpha_q=0.3)[0])
+    gen = torch.Generator().manual_seed(0)
+    draws = [float(cluster_kernel_loss(*args, alpha=0.5, alpha_q=0.3,
+                                       negatives=torch.randperm(m, generator=gen)[:4])[0]) for _ in range(3000)]
+    assert np.mean(draws) == pytest.approx(exact, abs=3 * np.std(draws) / np.sqrt(len(draws)) + 1e-9)
+    assert np.std(draws) > 0  # the estimate does vary: the test is not vacuous
+
+
+def test_probabilistic_kmeans_is_theorem_8():
+    rng = np.random.RandomState(0)
+    X = torch.tensor(rng.randn(9, 2))
+    logits = torch.tensor(rng.randn(9, 3))
+    phi = torch.softmax(logits, 1)
+    q = ClusterKernel(include_self=True).prob(logits)  # sum_c phi_ic phi_jc / sum_k phi_kc
+    theorem8 = -((X @ X.T) * q).sum() + (X * X).sum()
+    assert float(probabilistic_kmeans_loss(X, phi)) == pytest.approx(float(theorem8), rel=1e-10)
+
+
+# -- behaviour -------------------------------------------------------------------------------
+def test_infonce_recovers_blobs_and_uses_every_cluster(blobs):
+    X, y = blobs
+    est = ICONClustering(4, random_state=0, **FAST).fit(X)
+    assert sorted(np.unique(est.labels_)) == [0, 1, 2, 3]  # no collapse, no regulariser
+    assert est.n_clusters_ == 4
+    assert adjusted_rand_score(y, est.labels_) > 0.9
+    assert np.array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(X)
+    assert proba.shape == (len(X), 4) and np.allclose(proba.sum(1), 1)
+    assert np.allclose(est.transform(X), proba)
+    assert est.cluster_centers_.shape == (4, 2)
+    assert len(est.loss_curve_) == est.n_iter_ == FAST["max_iter"]
+    assert np.isfinite(est.score(X))
+
+
+def test_no_collapse_balanced_many_clusters():
+    X, _ = make_blobs(300, centers=6, cluster_std=0.5, random_state=3)
+    labels = ICONClustering(6, random_state=0, **FAST).fit_predict(X)
+    counts = np.bincount(labels, minlength=6)
+    assert (counts > 0).all() and len(counts) == 6
+
+
+def test_same_seed_same_labels(blobs):
+    X, _ = blobs
+    a = ICONClustering(4, random_state=7, **FAST).fit(X)
+    b = ICONClustering(4, random_state=7, **FAST).fit(X)
+    assert np.array_equal(a.labels_, b.labels_)
+    assert np.allclose(a.loss_curve_, b.loss_curve_)
+
+
+@pytest.mark.parametrize("params", [
+    dict(method="mi"), dict(method="ncut"), dict(mapper="linear"), dict(mapper="table"),
+    dict(ema=0.9), dict(walk_length=1, alpha=0.0, alpha_q=0.0), dict(n_negatives=None),
+    dict(mapper=lambda n_features, n_clusters: torch.nn.Sequential(torch.nn.Linear(n_features, n_clusters))),
+    dict(q=Debiased(ClusterKernel(), alpha=0.5)),
+])
+def test_variants_fit_and_predict(blobs, params):
+    X, y = blobs
+    est = ICONClustering(4, random_state=0, **{**FAST, **params}).fit(X)
+    assert est.labels_.min() == 0 and est.labels_.max() == est.n_clusters_ - 1
+    assert adjusted_rand_score(y, est.labels_) > 0.5
+    assert est.predict(X[:5]).shape == (5,)
+
+
+def test_augment_positives(blobs):
+    X, y = blobs
+    calls = []
+
+    def jitter(Xb, rs):
+        calls.append(Xb.shape)
+        return Xb + 0.05 * rs.randn(*Xb.shape)
+
+    est = ICONClustering(4, augment=jitter, random_state=0, **FAST).fit(X)
+    assert len(calls) == FAST["max_iter"]
+    assert adjusted_rand_score(y, est.labels_) > 0.9
+
+
+def test_callback_stops_training(blobs):
+    X, _ = blobs
+    est = ICONClustering(4, callbacks=lambda it, loss, e: it >= 2, random_state=0, **FAST).fit(X)
+    assert est.n_iter_ == 3
+
+
+def test_kmeans_matches_sklearn_inertia_on_blobs(blobs):
+    X, _ = blobs
+    ours = ICONClustering(4, method="kmeans", n_init=10, random_state=0).fit(X)
+    ref = KMeans(4, n_init=10, random_state=0).fit(X)
+    assert ours.inertia_ <= 1.01 * ref.inertia_
+    assert np.array_equal(ours.predict(X), ours.labels_)
+
+
+def test_kmeans_matches_sklearn_inertia_on_digits(digits):
+    X, _ = digits
+    ours = ICONClustering(10, method="kmeans", n_init=10, random_state=0).fit(X)
+    ref = KMeans(10, n_init=10, random_state=0).fit(X)
+    assert ours.inertia_ <= 1.01 * ref.inertia_
+    inertia = ((X - ours.cluster_centers_[ours.labels_]) ** 2).sum()
+    assert inertia == pytest.approx(ours.inertia_, rel=1e-9)
+
+
+def test_spectral_at_least_sklearn_on_digits(digits):
+    X, y = digits
+    ours = ICONClustering(10, method="spectral", random_state=0).fit(X)
+    ref = SpectralClustering(10, affinity="nearest_neighbors", random_state=0).fit(X)
+    assert adjusted_rand_score(y, ours.labels_) >= adjusted_rand_score(y, ref.labels_)
+    assert hungarian_accuracy(y, ours.labels_) > 0.75
+
+
+# -- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input(blobs, bad):
+    X = blobs[0].copy()
+    X[3, 1] = bad
+    with pytest.raises(ValueError, match="X"):
+        ICONClustering(4, **FAST).fit(X)
+
+
+def test_too_many_clusters():
+    with pytest.raises(ValueError, match="n_clusters"):
+        ICONClustering(10, **FAST).fit(np.random.RandomState(0).randn(5, 2))
+
+
+def test_one_sample():
+    with pytest.raises(ValueError, match="sample"):
+        ICONClustering(1, **FAST).fit(np.zeros((1, 3)))
+
+
+def test_sparse_input(blobs):
+    with pytest.raises(TypeError, match="sparse"):
+        ICONClustering(4, **FAST).fit(sp.csr_matrix(blobs[0]))
+
+
+@pytest.mark.parametrize("augment,match", [
+    (lambda Xb, rs: Xb[:, :1], "shape"),
+    (lambda Xb, rs: Xb * np.nan, "finite"),
+    (lambda Xb, rs: 1 / 0, "augment raised"),
+])
+def test_bad_augment(blobs, augment, match):
+    with pytest.raises(ValueError, match=match):
+        ICONClustering(4, augment=augment, **FAST).fit(blobs[0])
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(q="cluster"), "q"), (dict(method="kmeanz"), "method"), (dict(alpha=1.5), "alpha"),
+    (dict(n_neighbors=0), "n_neighbors"), (dict(mapper="cnn"), "mapper"),
+])
+def test_bad_parameters(blobs, params, match):
+    with pytest.raises(ValueError, match=match):
+        ICONClustering(4, **{**FAST, **params}).fit(blobs[0])
+
+
+def test_q_must_be_a_cluster_kernel(blobs):
+    from skicon.kernels import Gaussian
+
+    with pytest.raises(ValueError, match="ClusterKernel"):
+        ICONClustering(4, q=Gaussian(), **FAST).fit(blobs[0])
