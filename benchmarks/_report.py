@@ -281,18 +281,23 @@ def to_rst(records):
 
 
 def load_records(results_dir=RESULTS_DIR):
-    """Read the runner's records (``*.json`` in ``results_dir``), sorted by benchmark name.
+    """Read the runner's records (``*.json`` in ``results_dir``), one per benchmark name.
 
     JSON files that the runner did not write (no ``name`` and ``result`` keys, for example a
-    benchmark script's own scratch output) are skipped.
+    benchmark script's own scratch output) are skipped. When several files hold the same
+    benchmark, a full run wins over a ``--quick`` one, then the most recent run wins.
     """
-    records = []
+    best = {}
     for path in sorted(Path(results_dir).glob("*.json")):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-        if isinstance(record, dict) and "name" in record and "result" in record:
-            records.append(record)
-    return records
+        if not (isinstance(record, dict) and "name" in record and "result" in record):
+            continue
+        rank = (not record.get("quick", False), record.get("machine", {}).get("date_utc", ""))
+        name = record["name"]
+        if name not in best or rank > best[name][0]:
+            best[name] = (rank, record)
+    return [best[name][1] for name in sorted(best)]
 
 
 def python_command(argv):

@@ -277,7 +277,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks._report import machine_info, python_command, write_record
+    from benchmarks._report import RESULTS_DIR, machine_info, python_command, to_markdown, write_record
 
     quick = "--quick" in sys.argv[1:]
     start = time.perf_counter()
@@ -291,3 +291,6 @@ if __name__ == "__main__":
         "machine": machine_info(),
     }
     print("wrote", write_record(record))
+    markdown = RESULTS_DIR / "contrastive.md"
+    markdown.write_text(to_markdown([record]), encoding="utf-8")
+    print("wrote", markdown)

@@ -154,6 +154,17 @@ def run(quick=False, datasets=None, methods=None, n_jobs=None, seed=0):
     dict
         ``{"meta": ..., "rows": [...], "bars": {...}}``.
     """
+    # import every package once here, so that forked workers time the work, not the imports
+    import openTSNE  # noqa: F401
+    import sklearn.manifold  # noqa: F401
+    import torch  # noqa: F401
+
+    import skicon._embedding  # noqa: F401
+
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        pass
     datasets = datasets or ["digits", "mnist5k", "mnist1d"]
     methods = methods or ["skicon", "openTSNE", "sklearn", "umap"]
     n_jobs = n_jobs or os.cpu_count()

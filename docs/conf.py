@@ -62,10 +62,9 @@ sphinx_gallery_conf = {
     # the quick start is the README's main job: shown on its own page, not in the gallery
     "ignore_pattern": r"(__init__|quickstart)\.py",
     "plot_gallery": _run_gallery,
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "skicon_docs.ExampleOrder",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("skicon",),
-    "reference_url": {"skicon": None},
     "download_all_examples": False,
     "remove_config_comments": True,
     "reset_modules": ("matplotlib", "skicon_docs.reset_torch"),

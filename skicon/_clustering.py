@@ -297,7 +297,7 @@ def _icon_kmeans(X, k, *, n_init, n_relax, learning_rate, rng, max_polish=300):
     objective (hard assignment to the closest centre, centres as means), which cannot increase
     it. The run with the lowest objective wins.
     """
-    Xt = torch.as_tensor(X, dtype=torch.float64)
+    Xt = torch.tensor(np.array(X, dtype=np.float64))
     scale = max(float(X.var(axis=0).sum()), 1e-12)
     best = None
     for _ in range(n_init):
@@ -475,7 +475,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     >>> from sklearn.datasets import make_blobs
     >>> from skicon import ICONClustering
     >>> X, y = make_blobs(300, centers=3, random_state=0)
-    >>> est = ICONClustering(n_clusters=3, max_iter=100, random_state=0).fit(X)
+    >>> est = ICONClustering(n_clusters=3, max_iter=50, n_init=2, random_state=0).fit(X)
     >>> sorted(set(est.labels_.tolist()))
     [0, 1, 2]
     """

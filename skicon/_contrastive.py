@@ -39,6 +39,7 @@ __all__ = [
     "debias_block",
     "triplet_block",
     "contrastive_loss",
+    "cross_entropy_block",
 ]
 
 CONTRASTIVE_METHODS = ("infonce", "simclr", "supcon", "triplet", "cmc", "clip", "tsimclr")

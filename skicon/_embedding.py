@@ -173,7 +173,8 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         weak global attraction and keeps the loss O(n) (one more FFT kernel sum).
     normalization : {"auto", "joint", "conditional"}, default="auto"
         Joint (one distribution over pairs, t-SNE) or conditional (per row, Table 1). "auto" is
-        joint for ``method="tsne"`` and conditional otherwise.
+        joint for ``method="tsne"`` without an explicit ``p`` (an explicit ``q`` alone keeps
+        the joint t-SNE form), and conditional otherwise.
     mapper : {"auto", "table", "linear", "mlp"} or callable, default="auto"
         ``"table"``: non-parametric (one free vector per sample). ``"linear"``/``"mlp"`` or a
         factory ``f(n_features, n_components) -> torch.nn.Module``: parametric, and ``transform``
@@ -367,7 +368,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         cfg["q"] = q
         norm = self.normalization
         if norm == "auto":
-            norm = "joint" if method == "tsne" else "conditional"
+            norm = "joint" if (method == "tsne" and self.p is None) else "conditional"
         cfg["normalization"] = norm
         spec = _engine_kernel(q)
         cfg["kernel"] = spec
@@ -499,7 +500,8 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         n, d = X.shape[0], self.n_components
         P, perplexity = self._affinities(X, cfg)
         norm = cfg["normalization"]
-        dtype = torch.float32
+        # Gaussian affinities underflow float32 at moderate distances; Student-t ones do not
+        dtype = torch.float64 if cfg["kernel"].kind == "gaussian" else torch.float32
         if norm == "joint":
             J = _tsne.joint_from_conditional(P)
             aff = _tsne.SparseAffinity(J, device, dtype)
@@ -642,8 +644,9 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         it = 0
         try:
             if full:
+                # wide-Gaussian limits have tiny gradients: no absolute tolerances, only max_iter
                 opt = torch.optim.LBFGS(module.parameters(), lr=1.0, max_iter=20, history_size=20,
-                                        line_search_fn="strong_wolfe")
+                                        tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
                 n_outer = max(1, math.ceil(self.max_iter / 20))
 
                 def closure():

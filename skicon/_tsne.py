@@ -206,14 +206,13 @@ class SparseAffinity:
 # kernel sums sum_j K(y_i, y_j) c_j  (self pair j == i included; callers remove it)
 # ----------------------------------------------------------------------------------------------
 def _lagrange(t, n_nodes):
-    """Lagrange basis on nodes (k + 1/2)/n_nodes of [0, 1], evaluated at t: (n, n_nodes)."""
-    nodes = [(k + 0.5) / n_nodes for k in range(n_nodes)]
+    """Lagrange basis on the integer nodes 0..n_nodes-1, evaluated at t: (n, n_nodes)."""
     cols = []
     for k in range(n_nodes):
         val = torch.ones_like(t)
         for m in range(n_nodes):
             if m != k:
-                val = val * ((t - nodes[m]) / (nodes[k] - nodes[m]))
+                val = val * ((t - m) / (k - m))
         cols.append(val)
     return torch.stack(cols, dim=1)
 
@@ -282,25 +281,51 @@ class _GridPlan:
 
     def locate(self, Y):
         """Grid indices and interpolation weights of (new) points, clamped into the grid box."""
-        return _interpolation(Y, self.lo, self.h, self.n_intervals, self.n_nodes)
+        return _interpolation(Y, self.lo, self.spacing, self.n_grid, self.n_nodes)
+
+    def self_error(self, fn):
+        """``fn(0)`` minus each point's interpolated interaction with itself: (n,).
+
+        The self pair is the nearest, hardest part of the near field; its interpolated value is
+        ``w_i^T K_stencil w_i`` with the same small stencil matrix for every point, so it can be
+        replaced by the exact ``fn(0)`` at O(n) cost.
+        """
+        p, dim = self.n_nodes, self.dim
+        ar = torch.arange(p, device=self.weights.device, dtype=self.weights.dtype)
+        if dim == 1:
+            off2 = ((ar[:, None] - ar[None, :]) * self.spacing) ** 2
+        else:
+            ox = (ar[:, None, None, None] - ar[None, None, :, None]) * self.spacing
+            oy = (ar[None, :, None, None] - ar[None, None, None, :]) * self.spacing
+            off2 = (ox**2 + oy**2).reshape(p * p, p * p)
+        K = fn(off2)
+        interp = ((self.weights @ K) * self.weights).sum(dim=1)
+        zero = torch.zeros(1, device=K.device, dtype=K.dtype)
+        return fn(zero) - interp
 
     def sums(self, fn, charges):
         """``sum_j fn(|y_i - y_j|^2) charges_j`` for every i, through the grid: (n, c)."""
-        return self.gather(self.potentials(fn, charges), self.index, self.weights)
+        out = self.gather(self.potentials(fn, charges), self.index, self.weights)
+        return out + self.self_error(fn)[:, None] * charges
 
 
-def _interpolation(Y, lo, h, n_int, n_nodes):
+def _interpolation(Y, lo, spacing, G, n_nodes):
+    """Grid indices and weights of a centred ``n_nodes``-point Lagrange stencil per axis.
+
+    The stencil of each point is the ``n_nodes`` grid nodes around it, so it always
+    interpolates (never extrapolates): the error of the near field, and of each point's own
+    self-interaction, is what a centred stencil of that order gives.
+    """
     n, dim = Y.shape
-    u = ((Y - lo) / h).clamp_(0.0, n_int * (1.0 - 1e-7))
-    box = u.floor().clamp_(0, n_int - 1)
-    t = u - box
-    box = box.long()
-    G = n_int * n_nodes
+    v = (Y - lo) / spacing
+    first = torch.floor(v - (n_nodes - 1) / 2.0 + 0.5).clamp_(0, G - n_nodes)
+    t = (v - first).clamp_(0.0, n_nodes - 1.0)
+    first = first.long()
     ar = torch.arange(n_nodes, device=Y.device)
     if dim == 1:
-        return box[:, 0:1] * n_nodes + ar[None, :], _lagrange(t[:, 0], n_nodes)
-    gx = box[:, 0:1] * n_nodes + ar[None, :]
-    gy = box[:, 1:2] * n_nodes + ar[None, :]
+        return first[:, 0:1] + ar[None, :], _lagrange(t[:, 0], n_nodes)
+    gx = first[:, 0:1] + ar[None, :]
+    gy = first[:, 1:2] + ar[None, :]
     index = (gx[:, :, None] * G + gy[:, None, :]).reshape(n, -1)
     wx = _lagrange(t[:, 0], n_nodes)
     wy = _lagrange(t[:, 1], n_nodes)
@@ -320,7 +345,7 @@ def _next_smooth(m):
 
 
 #: Default grid parameters of :func:`grid_plan` (tuned by measurement, see benchmarks/).
-GRID_DEFAULTS = {"n_nodes": 3, "min_intervals": 25, "interval_width": 2.0}
+GRID_DEFAULTS = {"n_nodes": 3, "min_intervals": 50, "interval_width": 1.0}
 
 
 def grid_plan(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_intervals=None, cache=None):
@@ -370,16 +395,17 @@ def grid_plan(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_i
         h = float(interval_width)
     else:
         h = 2.0 ** (math.floor(4.0 * math.log2(h)) / 4.0)
-    n_int = math.floor(span / h) + 1
-    if n_int > max_intervals:
-        n_int = max_intervals
-        h = span * (1.0 + 1e-6) / n_int
-    n_int = min(_next_smooth(n_int), max(n_int, max_intervals))
-    # centre the box on the data
-    lo = (lo + hi) / 2.0 - n_int * h / 2.0
-    index, weights = _interpolation(Y, lo, h, n_int, n_nodes)
-    plan = _GridPlan(index, weights, n_int * n_nodes, h / n_nodes, dim, cache)
-    plan.lo, plan.h, plan.n_intervals, plan.n_nodes = lo, h, n_int, n_nodes
+    spacing = h / n_nodes
+    G = math.ceil(span / spacing) + n_nodes + 2  # room for the stencils at both ends
+    if G > max_intervals * n_nodes:
+        G = max_intervals * n_nodes
+        spacing = span / (G - n_nodes - 2)
+    G = _next_smooth(G)
+    # centre the grid on the data
+    lo = (lo + hi) / 2.0 - (G - 1) * spacing / 2.0
+    index, weights = _interpolation(Y, lo, spacing, G, n_nodes)
+    plan = _GridPlan(index, weights, G, spacing, dim, cache)
+    plan.lo, plan.n_nodes = lo, n_nodes
     return plan
 
 
@@ -498,16 +524,25 @@ def _segment_sum(values, aff):
 
 
 def _attraction(Y, aff, kernel, scale, want_loss):
-    """``sum_j scale * p_ij g_ij (y_i - y_j)`` over the non-zeros, and ``sum p_ij log w_ij``."""
-    diff = Y.index_select(0, aff.rows) - Y.index_select(0, aff.cols)
-    d2 = (diff * diff).sum(dim=1)
+    """``sum_j scale * p_ij g_ij (y_i - y_j)`` over the non-zeros, and ``sum p_ij log w_ij``.
+
+    Works one coordinate at a time on contiguous 1-D tensors: on CPU, gathers and reductions
+    over an (nnz, 2) tensor are several times slower than the same work on 1-D vectors.
+    """
+    diffs = []
+    d2 = None
+    for k in range(Y.shape[1]):
+        col = Y[:, k].contiguous()
+        diff = col.index_select(0, aff.rows).sub_(col.index_select(0, aff.cols))
+        d2 = diff * diff if d2 is None else d2.addcmul_(diff, diff)
+        diffs.append(diff)
     if kernel.kind == "student" and kernel.dof == 1.0:
-        coef = aff.values / (1.0 + d2)
+        coef = aff.values / (d2 + 1.0)
     else:
         coef = aff.values * kernel.slope(d2)
     if scale != 1.0:
-        coef = coef * scale
-    force = _segment_sum(diff * coef[:, None], aff)
+        coef.mul_(scale)
+    force = torch.stack([_segment_sum(coef * diff, aff) for diff in diffs], dim=1)
     plogw = float((aff.values * kernel.log_weight(d2)).sum()) if want_loss else None
     return force, plogw
 
@@ -589,8 +624,10 @@ def objective_and_gradient(
         elif method == "fft":
             # one charge spectrum [1, y] serves both kernels
             spec = plan.charge_spectrum(YC)
-            S_w = plan.gather(plan.convolve(spec[:1], kernel.weight), plan.index, plan.weights)[:, 0] - w0
+            S_w = plan.gather(plan.convolve(spec[:1], kernel.weight), plan.index, plan.weights)[:, 0]
+            S_w = S_w + plan.self_error(kernel.weight) - w0
             S_wg = plan.gather(plan.convolve(spec, kernel.weight_slope), plan.index, plan.weights)
+            S_wg = S_wg + plan.self_error(kernel.weight_slope)[:, None] * YC
         else:
             S_w = sums(kernel.weight, one)[:, 0] - w0
             S_wg = sums(kernel.weight_slope, YC)
@@ -703,7 +740,7 @@ class GradientDescent:
             self.Y.sub_(self.Y.mean(dim=0, keepdim=True))
 
 
-def auto_learning_rate(n_samples, exaggeration):
+def auto_learning_rate(n_samples, exaggeration, kernel=None):
     """Learning rate of ``learning_rate="auto"``: ``max(n / (4 * exaggeration), 50)``.
 
     With the true KL gradient (which carries the factor 4) this is the ``n / exaggeration`` rule
@@ -716,10 +753,17 @@ def auto_learning_rate(n_samples, exaggeration):
     exaggeration : float
         Exaggeration of the current phase.
 
+    kernel : KernelSpec, default=None
+        For a Gaussian kernel (SNE), whose attraction is not damped at long range, the rate is
+        ``n sigma^2 / (4 * exaggeration)`` without a floor, which keeps the step below the
+        curvature of the attraction.
+
     Returns
     -------
     float
     """
+    if kernel is not None and kernel.kind == "gaussian":
+        return n_samples * kernel.sigma**2 / (4.0 * exaggeration)
     return max(n_samples / (4.0 * exaggeration), 50.0)
 
 
@@ -783,7 +827,7 @@ def optimize(
     for phase in phases:
         ex = float(phase.get("exaggeration", 1.0))
         lr = phase.get("learning_rate", "auto")
-        lr = auto_learning_rate(n, ex) if lr == "auto" else float(lr)
+        lr = auto_learning_rate(n, ex, kernel) if lr == "auto" else float(lr)
         mom = float(phase.get("momentum", 0.8))
         for _ in range(int(phase["n_iter"])):
             it += 1

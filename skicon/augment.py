@@ -67,6 +67,13 @@ def make_generator(random_state=None, device="cpu"):
     Returns
     -------
     generator : torch.Generator
+
+    Examples
+    --------
+    >>> from skicon.augment import make_generator
+    >>> g = make_generator(0)
+    >>> bool((make_generator(0).initial_seed() == g.initial_seed()))
+    True
     """
     if isinstance(random_state, torch.Generator):
         return random_state
@@ -139,6 +146,18 @@ class Augmentation(BaseEstimator):
     p : float, default=1.0
         Probability that a given sample is augmented (samples not selected are
         returned unchanged).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import Augmentation
+    >>> class Flip(Augmentation):
+    ...     # mirror images left to right
+    ...     def _apply(self, images, generator):
+    ...         return images.flip(-1)
+    >>> X = np.arange(4.0).reshape(1, 4)
+    >>> Flip(image_shape=(2, 2))(X, generator=0)
+    array([[1., 0., 3., 2.]])
     """
 
     def __init__(self, image_shape=None, p=1.0):
@@ -231,6 +250,14 @@ class RandomTranslation(Augmentation):
         Value of the pixels that enter the image.
     p : float, default=1.0
         Probability that a sample is shifted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import RandomTranslation
+    >>> X = np.random.RandomState(0).rand(4, 64)
+    >>> RandomTranslation(image_shape=(8, 8), max_shift=1)(X, generator=0).shape
+    (4, 64)
     """
 
     def __init__(self, image_shape=None, max_shift=2, fill=0.0, p=1.0):
@@ -265,6 +292,14 @@ class RandomRotation(Augmentation):
         Value of the pixels that enter the image.
     p : float, default=1.0
         Probability that a sample is rotated.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import RandomRotation
+    >>> X = np.random.RandomState(0).rand(4, 64)
+    >>> RandomRotation(image_shape=(8, 8), degrees=10)(X, generator=0).shape
+    (4, 64)
     """
 
     def __init__(self, image_shape=None, degrees=15, fill=0.0, p=1.0):
@@ -303,6 +338,14 @@ class RandomResizedCrop(Augmentation):
         Range of the crop's aspect ratio (width / height), drawn log-uniformly.
     p : float, default=1.0
         Probability that a sample is cropped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import RandomResizedCrop
+    >>> X = np.random.RandomState(0).rand(4, 64)
+    >>> RandomResizedCrop(image_shape=(8, 8), scale=(0.5, 1.0))(X, generator=0).shape
+    (4, 64)
     """
 
     def __init__(self, image_shape=None, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), p=1.0):
@@ -367,6 +410,14 @@ class RandomAffine(Augmentation):
         Value of the pixels that enter the image.
     p : float, default=1.0
         Probability that a sample is transformed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import RandomAffine
+    >>> X = np.random.RandomState(0).rand(4, 64)
+    >>> RandomAffine(image_shape=(8, 8))(X, generator=0).shape
+    (4, 64)
     """
 
     def __init__(self, image_shape=None, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), degrees=12,
@@ -408,6 +459,15 @@ class RandomErasing(Augmentation):
         Value written into the erased rectangle.
     p : float, default=0.5
         Probability that a sample gets a rectangle erased.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import RandomErasing
+    >>> X = np.ones((4, 64))
+    >>> erased = RandomErasing(image_shape=(8, 8), p=1.0)(X, generator=0)
+    >>> bool((erased == 0).any(axis=1).all())  # every image lost a rectangle
+    True
     """
 
     def __init__(self, image_shape=None, scale=(0.05, 0.2), value=0.0, p=0.5):
@@ -452,6 +512,14 @@ class GaussianNoise(Augmentation):
         Ignored; accepted so that all augmentations share a signature.
     p : float, default=1.0
         Probability that a sample gets noise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import GaussianNoise
+    >>> X = np.zeros((2, 3))
+    >>> GaussianNoise(std=0.5, relative=False)(X, generator=0).shape
+    (2, 3)
     """
 
     def __init__(self, std=0.1, relative=True, image_shape=None, p=1.0):
@@ -539,6 +607,16 @@ def default_image_augmentation(image_shape, *, strength=1.0):
     Returns
     -------
     augment : Compose
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.augment import default_image_augmentation
+    >>> augment = default_image_augmentation((8, 8))
+    >>> X = np.random.RandomState(0).rand(4, 64)
+    >>> view = augment(X, generator=0)
+    >>> view.shape, bool(np.allclose(view, augment(X, generator=0)))  # same seed, same view
+    ((4, 64), True)
     """
     shape = _normalise_image_shape(image_shape)
     h, w = shape[1], shape[2]

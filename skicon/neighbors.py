@@ -30,6 +30,16 @@ class KNNGraph:
         The corresponding distances in ``metric``.
     metric : str
         Metric used for the search.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.neighbors import knn_graph
+    >>> graph = knn_graph(np.arange(5.0)[:, None], n_neighbors=2)
+    >>> graph.indices[0], graph.distances[0]
+    (array([1, 2]), array([1., 2.]))
+    >>> graph.to_csr().toarray()[0]
+    array([0., 1., 2., 0., 0.])
     """
 
     indices: np.ndarray
@@ -187,6 +197,17 @@ def perplexity_betas(sqdist, perplexity, *, tol=1e-10, max_iter=200):
     -------
     ndarray of shape (n_samples,)
         The precisions beta_i.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.neighbors import perplexity_betas
+    >>> sqdist = np.random.RandomState(0).rand(3, 10)
+    >>> beta = perplexity_betas(sqdist, perplexity=5.0)
+    >>> p = np.exp(-beta[:, None] * sqdist)
+    >>> p /= p.sum(axis=1, keepdims=True)
+    >>> np.exp(-(p * np.log(p)).sum(axis=1)).round(6)  # the perplexity of each row
+    array([5., 5., 5.])
     """
     sqdist = np.asarray(sqdist, dtype=np.float64)
     n, m = sqdist.shape

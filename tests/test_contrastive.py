@@ -213,6 +213,21 @@ def test_same_sample_copies_are_not_candidates():
     assert p[1, 2] == 0.0 and p[1, 3] == 1.0
 
 
+def test_neighbour_partners_are_drawn_from_p():
+    import scipy.sparse as sp
+
+    from skicon._contrastive import _RowSampler
+
+    P = sp.csr_matrix(np.array([[0, 0.25, 0.75, 0], [1.0, 0, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 0, 0]]))
+    sampler = _RowSampler(P)
+    gen = torch.Generator().manual_seed(0)
+    draws = np.array([sampler.draw(np.array([0, 1, 2, 3]), gen) for _ in range(4000)])
+    assert np.mean(draws[:, 0] == 2) == pytest.approx(0.75, abs=0.03)
+    assert np.all(draws[:, 1] == 0)
+    assert np.all(draws[:, 2] == 2)  # no neighbour: the row keeps itself (then ignored)
+    assert np.mean(draws[:, 3] == 1) == pytest.approx(0.5, abs=0.03)
+
+
 # ---------------------------------------------------------------------------------------------
 # Estimator behaviour
 # ---------------------------------------------------------------------------------------------

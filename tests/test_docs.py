@@ -9,6 +9,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def test_public_name_has_numpydoc_docstring(qualname, obj):
             assert re.search(r"^Parameters\n-+$", doc, re.M), f"{qualname}: no Parameters section"
 
 
+@pytest.mark.parametrize("qualname, obj", [(n, o) for n, o in _public_objects() if callable(o)],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_public_callable_has_a_runnable_example(qualname, obj):
+    # the examples run as doctests in CI (`--doctest-modules skicon`)
+    doc = inspect.getdoc(obj) or ""
+    assert re.search(r"^Examples\n-+$", doc, re.M) and ">>>" in doc, (
+        f"{qualname}: add an Examples section with a short doctest"
+    )
+
+
 def test_show_versions_reports_dependencies(capsys):
     skicon.show_versions()
     out = capsys.readouterr().out
@@ -159,6 +170,9 @@ def test_benchmark_report_handles_row_dicts_and_failures(tmp_path):
     assert "boom" in md and "Quick" in md
     (tmp_path / "scratch.json").write_text('{"rows": []}')  # not written by the runner
     assert report.load_records(tmp_path) == [loaded]
+    full = _fake_record()  # a full run of the same benchmark replaces the quick one
+    (tmp_path / "embedding_full.json").write_text(json.dumps(full))
+    assert report.load_records(tmp_path) == [full]
 
 
 def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):

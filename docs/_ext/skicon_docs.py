@@ -17,6 +17,7 @@ docstrings point at those projects' own documentation labels).
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import skicon
@@ -61,6 +62,30 @@ def reset_torch(gallery_conf, fname):
     import torch
 
     torch.manual_seed(0)
+
+
+class ExampleOrder:
+    """Reading order of the gallery (sphinx-gallery ``within_subsection_order``)."""
+
+    ORDER = (
+        "plot_tsne_digits.py",
+        "plot_clustering_mnist.py",
+        "plot_contrastive_digits.py",
+        "plot_grid_search.py",
+        "plot_debiasing_ablation.py",
+        "plot_propagation_ablation.py",
+        "plot_custom_kernels.py",
+    )
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+
+    def __call__(self, filename):
+        rank = self.ORDER.index(filename) if filename in self.ORDER else len(self.ORDER)
+        return rank, filename
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
 
 
 def _write_if_changed(path, text):
@@ -322,8 +347,27 @@ def drop_type_docstrings(app, what, name, obj, options, lines):
         lines[:] = []
 
 
+# ``n_clusters_`` in plain text is a reStructuredText reference; fitted-attribute names are
+# written that way in numpydoc type descriptions ("ndarray of shape (n_clusters_, ...)").
+_TRAILING_UNDERSCORE = re.compile(r"(?<![\w\\`*])([A-Za-z]\w*?[A-Za-z0-9])_(?![\w`])")
+_PROTECTED = re.compile(r"(``.*?``|:\w+:`[^`]*`|`[^`]*`_{0,2}|\*\*.*?\*\*|https?://\S+)")
+
+
+def escape_attribute_names(app, what, name, obj, options, lines):
+    """Escape ``name_`` outside literals so that it is not read as a hyperlink reference."""
+    for k, line in enumerate(lines):
+        stripped = line.lstrip()
+        if stripped.startswith((">>>", "...", "..")) or "_" not in line:
+            continue
+        parts = _PROTECTED.split(line)
+        for i in range(0, len(parts), 2):  # even parts are outside protected spans
+            parts[i] = _TRAILING_UNDERSCORE.sub(r"\1\\_", parts[i])
+        lines[k] = "".join(parts)
+
+
 def setup(app):
     """Register the generators with Sphinx."""
+    app.connect("autodoc-process-docstring", escape_attribute_names, priority=900)
     app.connect("config-inited", generate)
     app.connect("autodoc-process-docstring", drop_type_docstrings)
     app.connect("autodoc-skip-member", skip_foreign_members)

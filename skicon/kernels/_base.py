@@ -26,6 +26,14 @@ def normalize_rows(P):
     -------
     scipy.sparse.csr_matrix
         Row-stochastic matrix.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from skicon.kernels import normalize_rows
+    >>> normalize_rows(sp.csr_matrix([[1.0, 3.0], [0.0, 0.0]])).toarray()
+    array([[0.25, 0.75],
+           [0.  , 0.  ]])
     """
     P = sp.csr_matrix(P, dtype=np.float64)
     sums = np.asarray(P.sum(axis=1)).ravel()
@@ -63,6 +71,16 @@ def restrict(kernel, P, rows, cols, *, dtype=torch.float32, device="cpu"):
     -------
     torch.Tensor of shape (len(rows), len(cols))
         Dense supervisory block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.kernels import UniformKNN, restrict
+    >>> kernel = UniformKNN(n_neighbors=2)
+    >>> P = kernel.conditional(np.arange(6.0)[:, None])
+    >>> restrict(kernel, P, rows=[0, 1], cols=[0, 1, 2])
+    tensor([[0.0000, 0.5000, 0.5000],
+            [0.5000, 0.0000, 0.5000]])
     """
     rows = np.asarray(rows)
     cols = np.asarray(cols)
@@ -88,6 +106,23 @@ class Kernel(BaseEstimator):
     Subclasses define :meth:`log_weights` (learned use) and/or :meth:`conditional`
     (supervisory use). The class attribute ``include_self`` says whether the self pair j == i is
     a candidate.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import Kernel
+    >>> class Laplace(Kernel):
+    ...     # a learned kernel w_ij = exp(-||z_i - z_j||_1 / scale)
+    ...     def __init__(self, scale=1.0):
+    ...         self.scale = scale
+    ...     def log_weights(self, Z, Z_cand=None):
+    ...         Z_cand = Z if Z_cand is None else Z_cand
+    ...         return -torch.cdist(Z, Z_cand, p=1) / self.scale
+    >>> q = Laplace(scale=2.0).prob(torch.tensor([[0.0], [1.0], [3.0]]))
+    >>> q[0]  # the self pair is not a candidate
+    tensor([0.0000, 0.7311, 0.2689])
+    >>> Laplace(scale=2.0).get_params()
+    {'scale': 2.0}
     """
 
     include_self = False

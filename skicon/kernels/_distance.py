@@ -32,6 +32,14 @@ def pairwise_sqdist(Z, C=None):
     -------
     torch.Tensor of shape (n, m)
         Non-negative squared distances.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import pairwise_sqdist
+    >>> pairwise_sqdist(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[ 0., 25.],
+            [25.,  0.]])
     """
     C = Z if C is None else C
     zz = (Z * Z).sum(dim=1, keepdim=True)

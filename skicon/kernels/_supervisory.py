@@ -61,6 +61,14 @@ def same_group_block(ids_rows, ids_cols, *, exclude_self=None):
     -------
     torch.Tensor of shape (B, M)
         Row-normalised block (rows with no positive are all zero).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import same_group_block
+    >>> same_group_block(torch.tensor([0, 1]), torch.tensor([0, 0, 1]))
+    tensor([[0.5000, 0.5000, 0.0000],
+            [0.0000, 0.0000, 1.0000]])
     """
     same = (ids_rows[:, None] == ids_cols[None, :]).to(torch.get_default_dtype())
     if exclude_self is not None:

