@@ -41,6 +41,7 @@ __all__ = [
     "GradientDescent",
     "auto_learning_rate",
     "optimize",
+    "embed_new_points",
 ]
 
 
@@ -560,7 +561,6 @@ def objective_and_gradient(
     grid_kwargs=None,
     n_negatives=64,
     generator=None,
-    reference=None,
 ):
     """Gradient (and optionally the value) of the I-Con / t-SNE objective.
 
@@ -590,8 +590,6 @@ def objective_and_gradient(
         Negatives per point for ``method="sampled"``.
     generator : torch.Generator, default=None
         Randomness of ``method="sampled"``.
-    reference : torch.Tensor of shape (m, d), default=None
-        Not supported here (new points use :func:`transform_gradient`).
 
     Returns
     -------
