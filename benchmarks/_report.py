@@ -284,8 +284,9 @@ def load_records(results_dir=RESULTS_DIR):
     """Read the runner's records (``*.json`` in ``results_dir``), one per benchmark name.
 
     JSON files that the runner did not write (no ``name`` and ``result`` keys, for example a
-    benchmark script's own scratch output) are skipped. When several files hold the same
-    benchmark, a full run wins over a ``--quick`` one, then the most recent run wins.
+    benchmark script's own scratch output) are skipped. Files are keyed by their name without
+    a ``_quick`` suffix (``clustering_ablation.json`` stays apart from ``clustering.json``);
+    within a key a full run wins over a ``--quick`` one, then the most recent run wins.
     """
     best = {}
     for path in sorted(Path(results_dir).glob("*.json")):
@@ -294,7 +295,7 @@ def load_records(results_dir=RESULTS_DIR):
         if not (isinstance(record, dict) and "name" in record and "result" in record):
             continue
         rank = (not record.get("quick", False), record.get("machine", {}).get("date_utc", ""))
-        name = record["name"]
+        name = path.stem.removesuffix("_quick")
         if name not in best or rank > best[name][0]:
             best[name] = (rank, record)
     return [best[name][1] for name in sorted(best)]

@@ -170,9 +170,12 @@ def test_benchmark_report_handles_row_dicts_and_failures(tmp_path):
     assert "boom" in md and "Quick" in md
     (tmp_path / "scratch.json").write_text('{"rows": []}')  # not written by the runner
     assert report.load_records(tmp_path) == [loaded]
+    path.rename(tmp_path / "embedding_quick.json")
     full = _fake_record()  # a full run of the same benchmark replaces the quick one
-    (tmp_path / "embedding_full.json").write_text(json.dumps(full))
+    report.write_record(full, tmp_path)
     assert report.load_records(tmp_path) == [full]
+    (tmp_path / "embedding_ablation.json").write_text(json.dumps(full))  # kept apart
+    assert len(report.load_records(tmp_path)) == 2
 
 
 def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):
