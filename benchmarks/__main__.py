@@ -1,18 +1,21 @@
-"""Command-line runner: ``python -m benchmarks [--quick] [--only NAME ...]``."""
+"""Command-line runner: ``python -m benchmarks [--quick] [--only NAME ...] [--report-only]``."""
 
 import argparse
 import importlib
+import json
 import sys
 import time
 import traceback
 
 from . import BENCHMARKS
 from ._report import (
+    COMBINED_JSON,
     COMBINED_MARKDOWN,
     RESULTS_DIR,
     load_records,
     machine_info,
     python_command,
+    to_json,
     to_markdown,
     write_record,
 )
@@ -36,6 +39,12 @@ def _parse_args(argv):
         choices=BENCHMARKS,
         metavar="NAME",
         help=f"run only this benchmark (repeatable); one of {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: only regenerate the combined results.md and results.json from "
+        "the JSON files already in benchmarks/results",
     )
     parser.add_argument(
         "--threads",
@@ -66,6 +75,18 @@ def _run_one(name, quick, command):
     return record
 
 
+def _write_combined():
+    """Regenerate the combined Markdown and JSON tables from every result file."""
+    records = load_records()
+    markdown = RESULTS_DIR / COMBINED_MARKDOWN
+    markdown.write_text(to_markdown(records), encoding="utf-8")
+    print(f"   wrote {markdown}")
+    combined = RESULTS_DIR / COMBINED_JSON
+    combined.write_text(json.dumps(to_json(records), indent=2, default=str) + "\n",
+                        encoding="utf-8")
+    print(f"   wrote {combined}")
+
+
 def main(argv=None):
     """Run the selected benchmarks and write their tables.
 
@@ -81,6 +102,9 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
+    if args.report_only:
+        _write_combined()
+        return 0
     if args.threads:
         import torch
 
@@ -93,9 +117,7 @@ def main(argv=None):
         print(f"   wrote {path} ({record['wall_time_s']:.0f} s)", flush=True)
         if "error" in record:
             failed.append(name)
-    markdown = RESULTS_DIR / COMBINED_MARKDOWN
-    markdown.write_text(to_markdown(load_records()), encoding="utf-8")
-    print(f"   wrote {markdown}")
+    _write_combined()
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

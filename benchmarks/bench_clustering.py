@@ -11,7 +11,7 @@ Peers: ``KMeans(n_init=10)``, ``SpectralClustering(affinity="nearest_neighbors")
 where full ones are degenerate and slow).
 
 Ablation, cumulative like the paper's Tables 3-4: baseline (one nearest neighbour as the
-positive, no debiasing), + debiasing (alpha = alpha_q = 0.3), + KNN (k = 5), + walks of
+positive, no debiasing), + debiasing (alpha = alpha_q = 0.3), + KNN (k = 10), + walks of
 length 1, 2, 3 on the KNN graph (``walk_length`` 2, 3, 4), + EMA teacher (0.99, on walks of
 length 1, which is the default).
 
@@ -36,11 +36,11 @@ PEERS = ("ICONClustering", "KMeans(n_init=10)", "SpectralClustering(nn)", "Gauss
 ABLATION = (
     ("baseline (1-NN positive)", dict(n_neighbors=1, walk_length=1, alpha=0.0, alpha_q=0.0)),
     ("+ debiasing", dict(n_neighbors=1, walk_length=1)),
-    ("+ KNN (k=5)", dict(walk_length=1)),
-    ("+ 1-walks on KNN", dict(walk_length=2)),
-    ("+ 2-walks on KNN", dict(walk_length=3)),
-    ("+ 3-walks on KNN", dict(walk_length=4)),
-    ("+ EMA (1-walks)", dict(walk_length=2, ema=0.99)),
+    ("+ KNN (k=10)", dict(n_neighbors=10, walk_length=1)),
+    ("+ 1-walks on KNN", dict(n_neighbors=10, walk_length=2)),
+    ("+ 2-walks on KNN", dict(n_neighbors=10, walk_length=3)),
+    ("+ 3-walks on KNN", dict(n_neighbors=10, walk_length=4)),
+    ("+ EMA (1-walks)", dict(n_neighbors=10, walk_length=2, ema=0.99)),
 )
 
 
@@ -126,7 +126,7 @@ def _fmt(s, key, digits=3):
 
 
 def run(quick=False, seeds=None, datasets=None, ablation_seeds=None, spectral_seeds_large=None, main=True,
-        ablation=True, log=print):
+        ablation=True, methods=None, first_seed=0, log=None):
     """Run the clustering benchmark.
 
     Parameters
@@ -146,6 +146,11 @@ def run(quick=False, seeds=None, datasets=None, ablation_seeds=None, spectral_se
         Run the comparison with the peers.
     ablation : bool, default=True
         Run the ablation.
+    methods : sequence of str, default=None
+        Subset of ``PEERS`` for the main table (all when None).
+    first_seed : int, default=0
+        Seeds are ``first_seed, first_seed + 1, ...`` (to split a long run into pieces that
+        ``--merge`` joins).
     log : callable, default=print
         Progress printer.
 
@@ -154,38 +159,64 @@ def run(quick=False, seeds=None, datasets=None, ablation_seeds=None, spectral_se
     dict
         Tables (Markdown-renderable by ``benchmarks._report``) and the raw runs.
     """
-    import torch
-
+    if log is None:
+        def log(text):
+            print(text, flush=True)
     seeds = (1 if quick else 5) if seeds is None else int(seeds)
     ablation_seeds = seeds if ablation_seeds is None else int(ablation_seeds)
     spectral_large = seeds if spectral_seeds_large is None else int(spectral_seeds_large)
     datasets = list(datasets or DATASETS)
+    methods = list(methods or PEERS)
+    for method in methods:
+        if method not in PEERS:
+            raise ValueError(f"unknown method {method!r}; choose from {PEERS}")
     results = {"main": {}, "ablation": {}}
-    main_rows, ablation_rows, bar_rows = [], [], []
     for name in datasets:
         X, y = load(name, quick)
         log(f"-- {name}: {X.shape}")
-        results["main"][name] = {}
-        for method in PEERS if main else ():
+        for method in methods if main else ():
             n_seeds = spectral_large if (method.startswith("Spectral") and len(X) > 10000) else seeds
             params = {}
             if method == "GaussianMixture" and X.shape[1] > 100:
                 params["covariance_type"] = "diag"
             runs = []
-            for seed in range(n_seeds):
+            for seed in range(first_seed, first_seed + n_seeds):
                 r = score_one(method, X, y, seed, quick, **params)
+                r["seed"] = seed
                 log(f"   {method:24s} seed {seed}: acc {r['acc']:.3f} ari {r['ari']:.3f} "
                     f"nmi {r['nmi']:.3f} {r['time_s']:.1f}s")
                 runs.append(r)
-            s = _summary(runs)
-            results["main"][name][method] = s
-            label = method + (" (diag)" if params.get("covariance_type") == "diag" else "")
-            main_rows.append([name, label, s["n_seeds"], _fmt(s, "time_s", 1), _fmt(s, "acc"),
-                              _fmt(s, "ari"), _fmt(s, "nmi")])
-        if main:
-            peers = results["main"][name]
-            ours = peers["ICONClustering"]
-            km, spc = peers["KMeans(n_init=10)"], peers["SpectralClustering(nn)"]
+            if runs:
+                results["main"].setdefault(name, {})[method] = {"runs": runs, "params": params}
+        for label, params in ABLATION if ablation else ():
+            runs = []
+            for seed in range(first_seed, first_seed + ablation_seeds):
+                r = score_one("ICONClustering", X, y, seed, quick, **params)
+                r["seed"] = seed
+                runs.append(r)
+            results["ablation"].setdefault(name, {})[label] = {"runs": runs}
+            log(f"   ablation {label:26s} acc {np.mean([r['acc'] for r in runs]):.3f} "
+                f"ari {np.mean([r['ari'] for r in runs]):.3f}")
+    return render(results, quick)
+
+
+def render(results, quick=False, notes=()):
+    """Summaries and tables from the raw runs (``results["main"|"ablation"][data][method]``)."""
+    import torch
+
+    main_rows, ablation_rows, bar_rows = [], [], []
+    for name in DATASETS:
+        peers = results["main"].get(name, {})
+        for method in PEERS:
+            if method not in peers:
+                continue
+            entry = peers[method]
+            entry.update(_summary(entry["runs"]))
+            label = method + (" (diag)" if entry.get("params", {}).get("covariance_type") == "diag" else "")
+            main_rows.append([name, label, entry["n_seeds"], _fmt(entry, "time_s", 1), _fmt(entry, "acc"),
+                              _fmt(entry, "ari"), _fmt(entry, "nmi")])
+        if all(m in peers for m in PEERS[:3]):
+            ours, km, spc = (peers[m] for m in PEERS[:3])
             bar_rows.append([
                 name,
                 "yes" if ours["acc"] > max(km["acc"], spc["acc"]) else "no",
@@ -193,46 +224,77 @@ def run(quick=False, seeds=None, datasets=None, ablation_seeds=None, spectral_se
                 f"{ours['time_s'] / km['time_s']:.2f}",
                 f"{ours['time_s'] / spc['time_s']:.2f}",
             ])
-        results["ablation"][name] = {}
-        for label, params in ABLATION if ablation else ():
-            runs = [score_one("ICONClustering", X, y, seed, quick, **params) for seed in range(ablation_seeds)]
-            s = _summary(runs)
-            results["ablation"][name][label] = s
-            log(f"   ablation {label:26s} acc {s['acc']:.3f} ari {s['ari']:.3f}")
-            ablation_rows.append([name, label, s["n_seeds"], _fmt(s, "acc"), _fmt(s, "ari"), _fmt(s, "time_s", 1)])
+        for label, _ in ABLATION:
+            entry = results["ablation"].get(name, {}).get(label)
+            if entry is None:
+                continue
+            entry.update(_summary(entry["runs"]))
+            ablation_rows.append([name, label, entry["n_seeds"], _fmt(entry, "acc"), _fmt(entry, "ari"),
+                                  _fmt(entry, "time_s", 1)])
+    tables = [{"title": "Quality and time", "columns": ["data", "method", "seeds", "time (s)", "Hungarian acc",
+                                                       "ARI", "NMI"], "rows": main_rows}]
+    if bar_rows:
+        tables.append({"title": "Bars: ICONClustering beats KMeans and Spectral; time ratios",
+                       "columns": ["data", "acc > both", "ARI > both", "time / KMeans", "time / Spectral"],
+                       "rows": bar_rows})
+    if ablation_rows:
+        tables.append({"title": "Ablation (cumulative, paper Tables 3-4)",
+                       "columns": ["data", "configuration", "seeds", "Hungarian acc", "ARI", "time (s)"],
+                       "rows": ablation_rows})
     return {
         "title": "Clustering (ICONClustering vs KMeans, SpectralClustering, GaussianMixture)",
         "description": (
-            "Ten clusters; mean ± std over seeds of wall time (s), Hungarian accuracy, ARI and NMI, "
-            "all in one run. ICONClustering is the default estimator (method='infonce')."
+            "Ten clusters; mean ± std over seeds of wall time (s), Hungarian accuracy, ARI and NMI. "
+            "ICONClustering is the default estimator (method='infonce')."
             + (" QUICK RUN: 600 samples, short training; not figures to quote." if quick else "")
         ),
-        "tables": [
-            {"title": "Quality and time", "columns": ["data", "method", "seeds", "time (s)", "Hungarian acc",
-                                                      "ARI", "NMI"], "rows": main_rows},
-            {"title": "Bars: ICONClustering beats KMeans and Spectral; time ratios",
-             "columns": ["data", "acc > both", "ARI > both", "time / KMeans", "time / Spectral"],
-             "rows": bar_rows},
-            {"title": "Ablation (cumulative, paper Tables 3-4)",
-             "columns": ["data", "configuration", "seeds", "Hungarian acc", "ARI", "time (s)"],
-             "rows": ablation_rows},
-        ],
-        "notes": [f"torch threads: {torch.get_num_threads()}"],
+        "tables": tables,
+        "notes": [f"torch threads: {torch.get_num_threads()}", *notes],
         "raw": results,
     }
+
+
+def merge(records, notes=()):
+    """Join the raw runs of several records (pieces of one benchmark) into one result.
+
+    Runs of the same (data set, method) are concatenated; a seed measured twice keeps its
+    first measurement.
+    """
+    joined = {"main": {}, "ablation": {}}
+    for record in records:
+        raw = record["result"]["raw"]
+        for part in ("main", "ablation"):
+            for name, methods in raw.get(part, {}).items():
+                for method, entry in methods.items():
+                    dest = joined[part].setdefault(name, {}).setdefault(
+                        method, {"runs": [], "params": entry.get("params", {})})
+                    have = {r.get("seed") for r in dest["runs"]}
+                    dest["runs"] += [r for r in entry["runs"] if r.get("seed") is None or r.get("seed") not in have]
+    for part in joined.values():
+        for methods in part.values():
+            for entry in methods.values():
+                entry["runs"].sort(key=lambda r: (r.get("seed") is None, r.get("seed")))
+    return render(joined, notes=notes)
 
 
 def _main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--ablation-seeds", type=int, default=None)
     parser.add_argument("--spectral-seeds-large", type=int, default=None)
     parser.add_argument("--datasets", default=None, help="comma-separated subset of " + ",".join(DATASETS))
+    parser.add_argument("--methods", default=None, help="semicolon-separated subset of " + ";".join(PEERS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-main", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the result file names")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="do not run: join the raw runs of these result files (pieces of one benchmark)")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder of the result files (default benchmarks/results; put pieces elsewhere)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the table (repeatable)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -241,16 +303,31 @@ def _main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks._report import RESULTS_DIR, machine_info, to_markdown
 
-    result = run(quick=args.quick, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-                 spectral_seeds_large=args.spectral_seeds_large,
-                 datasets=args.datasets.split(",") if args.datasets else None,
-                 main=not args.skip_main, ablation=not args.skip_ablation)
-    record = {"name": "clustering", "command": "python benchmarks/bench_clustering.py " + " ".join(sys.argv[1:]),
-              "quick": args.quick, "result": result, "machine": machine_info()}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.merge:
+        records = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.merge]
+        result = merge(records, notes=args.note)
+        command = " ; ".join(r["command"] for r in records)
+        machine = records[0]["machine"]
+        wall = sum(r.get("wall_time_s", float("nan")) for r in records)
+    else:
+        result = run(quick=args.quick, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
+                     spectral_seeds_large=args.spectral_seeds_large,
+                     datasets=args.datasets.split(",") if args.datasets else None,
+                     main=not args.skip_main, ablation=not args.skip_ablation,
+                     methods=args.methods.split(";") if args.methods else None, first_seed=args.first_seed)
+        result["notes"] += args.note
+        command = "python benchmarks/bench_clustering.py " + " ".join(
+            f"'{a}'" if (" " in a or ";" in a or "(" in a) else a for a in sys.argv[1:])
+        machine = machine_info()
+        wall = time.perf_counter() - start
+    record = {"name": "clustering", "command": command, "quick": args.quick, "wall_time_s": wall,
+              "result": result, "machine": machine}
+    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     stem = "clustering" + ("_quick" if args.quick else "") + args.tag
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
-    (RESULTS_DIR / f"{stem}.md").write_text(to_markdown([record]), encoding="utf-8")
+    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
+    (out_dir / f"{stem}.md").write_text(to_markdown([record]), encoding="utf-8")
     print(to_markdown([record]))
 
 

@@ -28,6 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from . import _cpu_kernels
+from .neighbors import perplexity_betas
+
 __all__ = [
     "KernelSpec",
     "perplexity_affinities",
@@ -119,9 +122,9 @@ def joint_from_conditional(P):
 def perplexity_affinities(distances, perplexity, *, tol=1e-5, max_iter=100):
     """Row-conditional Gaussian affinities on a kNN graph with per-row perplexity calibration.
 
-    Vectorised bisection (in torch, all rows at once) on ``beta_i = 1 / (2 sigma_i^2)`` so that
-    the entropy of ``p(.|i) ∝ exp(-beta_i d_ij^2)`` over the k neighbours equals
-    ``log(perplexity)``.
+    The precisions ``beta_i = 1 / (2 sigma_i^2)`` come from :func:`skicon.neighbors.perplexity_betas`
+    (vectorised bisection, each row independent of the others), so that the entropy of
+    ``p(.|i) ∝ exp(-beta_i d_ij^2)`` over the k neighbours equals ``log(perplexity)``.
 
     Parameters
     ----------
@@ -141,34 +144,11 @@ def perplexity_affinities(distances, perplexity, *, tol=1e-5, max_iter=100):
     beta : ndarray of shape (n,)
         The calibrated precisions.
     """
-    d2 = torch.as_tensor(np.asarray(distances, dtype=np.float64)) ** 2
-    # subtracting each row's minimum leaves p unchanged and keeps exp() in range
-    d2 = d2 - d2.min(dim=1, keepdim=True).values
-    n = d2.shape[0]
-    target = math.log(perplexity)
-    mean = d2.mean(dim=1)
-    beta = torch.where(mean > 0, 1.0 / mean.clamp_min(1e-300), torch.ones_like(mean))
-    lo = torch.zeros(n, dtype=d2.dtype)
-    hi = torch.full((n,), math.inf, dtype=d2.dtype)
-    for _ in range(max_iter):
-        logits = -beta[:, None] * d2
-        w = torch.exp(logits)
-        z = w.sum(dim=1)
-        H = torch.log(z) - (w * logits).sum(dim=1) / z
-        diff = H - target
-        active = diff.abs() >= tol
-        if not bool(active.any()):
-            break
-        # converged rows are frozen, so each row's result does not depend on the others
-        up = (diff > 0) & active  # too flat: increase beta
-        down = (diff <= 0) & active
-        lo = torch.where(up, beta, lo)
-        hi = torch.where(down, beta, hi)
-        new_beta = torch.where(torch.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
-        beta = torch.where(active, new_beta, beta)
-    w = torch.exp(-beta[:, None] * d2)
-    P = w / w.sum(dim=1, keepdim=True)
-    return P.numpy(), beta.numpy()
+    d2 = np.asarray(distances, dtype=np.float64) ** 2
+    d2 = d2 - d2.min(axis=1, keepdims=True)
+    beta = perplexity_betas(d2, perplexity, tol=tol, max_iter=max_iter)
+    w = np.exp(-beta[:, None] * d2)
+    return w / w.sum(axis=1, keepdims=True), beta
 
 
 class SparseAffinity:
@@ -201,6 +181,12 @@ class SparseAffinity:
         row_mass = np.zeros(self.n)
         np.add.at(row_mass, coo.row[keep], v)
         self.row_mass = torch.as_tensor(row_mass, dtype=dtype, device=device)
+        # CSR views of the same arrays for the compiled CPU kernels (rows are sorted)
+        self.csr = None
+        if torch.device(device).type == "cpu":
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            # int32 column indices: less memory traffic in the gather-bound attraction loop
+            self.csr = (indptr, self.cols.numpy().astype(np.int32), self.values.numpy())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +244,9 @@ class _GridPlan:
         grid = grid.T
         if self.dim == 1:
             return torch.fft.rfft(grid, n=2 * G)
-        return torch.fft.rfft2(grid.reshape(c, G, G), s=(2 * G, 2 * G))
+        # axis by axis: the first transform runs over the G non-zero rows only (not the padding)
+        half = torch.fft.rfft(grid.reshape(c, G, G), n=2 * G, dim=2)
+        return torch.fft.fft(half, n=2 * G, dim=1)
 
     def convolve(self, spectrum, fn):
         """Potentials (c, G**dim) of a charge spectrum under kernel ``fn``."""
@@ -268,8 +256,24 @@ class _GridPlan:
         if self.dim == 1:
             pot = torch.fft.irfft(prod, n=2 * G)[:, :G]
         else:
-            pot = torch.fft.irfft2(prod, s=(2 * G, 2 * G))[:, :G, :G]
+            # axis by axis, so that the last transform runs over the G rows that are kept only
+            rows = torch.fft.ifft(prod, dim=1)[:, :G]
+            pot = torch.fft.irfft(rows, n=2 * G, dim=2)[:, :, :G]
         return pot.reshape(spectrum.shape[0], -1)
+
+    def total(self, spectrum, fn):
+        """``sum_g charge_g (K * charge)_g`` of a one-channel spectrum, by Parseval (no inverse FFT).
+
+        Equals ``gather(potentials(fn, charges)).sum()``: the interpolation that spreads the
+        charges is the transpose of the one that gathers the potentials.
+        """
+        G = self.n_grid
+        kf = self.kernel_fft(fn, spectrum.device, spectrum.real.dtype)
+        power = (spectrum[0].real ** 2 + spectrum[0].imag ** 2) * kf
+        # the half spectrum of the last axis stands for its conjugate twins too (not 0, not G)
+        inner = power[..., 1:G].sum() if self.dim == 1 else power[:, 1:G].sum()
+        edges = power[..., 0].sum() + power[..., G].sum()
+        return (2.0 * inner + edges) / (2 * G) ** self.dim
 
     def potentials(self, fn, charges):
         """Kernel potentials of the charges on every grid node: (c, G**dim)."""
@@ -515,6 +519,15 @@ def sampled_kernel_sums(Y, fn, charges, *, n_negatives=64, generator=None):
 # ----------------------------------------------------------------------------------------------
 # objective
 # ----------------------------------------------------------------------------------------------
+def _use_compiled(Y):
+    """Whether the compiled CPU kernels serve this embedding (CPU tensor, 1 or 2 columns)."""
+    return _COMPILED and _cpu_kernels.available() and Y.device.type == "cpu" and Y.shape[1] <= 2
+
+
+#: Switch for the compiled CPU kernels (tests turn it off to compare with the torch code).
+_COMPILED = True
+
+
 def _segment_sum(values, aff):
     """Sum edge values into their (sorted) rows."""
     if aff.lengths is not None:
@@ -530,6 +543,12 @@ def _attraction(Y, aff, kernel, scale, want_loss):
     Works one coordinate at a time on contiguous 1-D tensors: on CPU, gathers and reductions
     over an (nnz, 2) tensor are several times slower than the same work on 1-D vectors.
     """
+    if _use_compiled(Y) and aff.csr is not None:
+        code, dof, inv2s2 = _cpu_kernels.kernel_code(kernel)
+        force, plogw = _cpu_kernels.attraction_csr(
+            Y.detach().numpy(), *aff.csr, code, dof, inv2s2, scale=scale, want_loss=want_loss
+        )
+        return torch.from_numpy(force), plogw
     diffs = []
     d2 = None
     for k in range(Y.shape[1]):
@@ -615,29 +634,44 @@ def objective_and_gradient(
         raise ValueError(f"method must be 'fft', 'exact' or 'sampled', got {method!r}.")
 
     YC = torch.cat([one, Y], dim=1)
+    compiled = method == "exact" and _use_compiled(Y)
+    if compiled:
+        code, dof, inv2s2 = _cpu_kernels.kernel_code(kernel)
+        Yn = Y.detach().numpy()
+
+        def field(charges=None, want_slope=False):
+            z, F, G = _cpu_kernels.repulsion_field(Yn, code, dof, inv2s2, charges=charges, want_slope=want_slope)
+            return torch.from_numpy(z), torch.from_numpy(F), None if G is None else torch.from_numpy(G)
+
     if normalization == "joint":
-        if method == "exact" and kernel.kind == "student" and kernel.dof == 1.0:
+        uniform_pull = None  # sum_j g_ij (y_i - y_j), needed by debiasing
+        if compiled:
+            S_w, rep, uniform_pull = field(want_slope=alpha > 0)
+        elif method == "exact" and kernel.kind == "student" and kernel.dof == 1.0:
             S_w, S_wg = _exact_cauchy_sums(Y, YC)
             S_w = S_w - w0
         elif method == "fft":
             # one charge spectrum [1, y] serves both kernels
             spec = plan.charge_spectrum(YC)
-            S_w = plan.gather(plan.convolve(spec[:1], kernel.weight), plan.index, plan.weights)[:, 0]
-            S_w = S_w + plan.self_error(kernel.weight) - w0
+            # the joint form needs only the total of the row sums of w
+            S_w = (plan.total(spec[:1], kernel.weight) + plan.self_error(kernel.weight).sum() - n * w0).reshape(1)
             S_wg = plan.gather(plan.convolve(spec, kernel.weight_slope), plan.index, plan.weights)
             S_wg = S_wg + plan.self_error(kernel.weight_slope)[:, None] * YC
         else:
             S_w = sums(kernel.weight, one)[:, 0] - w0
             S_wg = sums(kernel.weight_slope, YC)
         Z = S_w.sum().clamp_min(torch.finfo(Y.dtype).tiny)
-        rep = Y * S_wg[:, :1] - S_wg[:, 1:]  # self pair cancels
+        if not compiled:
+            rep = Y * S_wg[:, :1] - S_wg[:, 1:]  # self pair cancels
         attr, plogw = _attraction(Y, aff, kernel, (1.0 - alpha) * exaggeration, want_loss)
         grad = 4.0 * (attr - rep / Z)
         if alpha > 0:
             # the uniform part alpha / (n (n - 1)) of p~ attracts every pair with weight g_ij
-            S_g = sums(kernel.slope, YC)
+            if uniform_pull is None:
+                S_g = sums(kernel.slope, YC)
+                uniform_pull = Y * S_g[:, :1] - S_g[:, 1:]
             unif = alpha / (n * (n - 1))
-            grad = grad + 4.0 * unif * exaggeration * (Y * S_g[:, :1] - S_g[:, 1:])
+            grad = grad + 4.0 * unif * exaggeration * uniform_pull
         loss = None
         if want_loss:
             logZ = float(torch.log(Z))
@@ -653,17 +687,27 @@ def objective_and_gradient(
     if normalization != "conditional":
         raise ValueError(f"normalization must be 'joint' or 'conditional', got {normalization!r}.")
     # conditional: q(j|i) = w_ij / Z_i, loss = 1/n sum_i KL(p_i || q_i)
-    Zi = (sums(kernel.weight, one)[:, 0] - w0).clamp_min(torch.finfo(Y.dtype).tiny)
-    inv = (1.0 / Zi)[:, None]
-    S = sums(kernel.weight_slope, torch.cat([one, Y, inv, Y * inv], dim=1))
-    rep_own = (Y * S[:, :1] - S[:, 1 : 1 + d]) * inv
-    rep_other = Y * S[:, 1 + d : 2 + d] - S[:, 2 + d :]
+    uniform_pull = None
+    if compiled:
+        Zi, rep_own, _ = field()
+        Zi = Zi.clamp_min(torch.finfo(Y.dtype).tiny)
+        inv = (1.0 / Zi)[:, None]
+        rep_own = rep_own * inv
+        _, rep_other, uniform_pull = field(charges=inv[:, 0].numpy(), want_slope=alpha > 0)
+    else:
+        Zi = (sums(kernel.weight, one)[:, 0] - w0).clamp_min(torch.finfo(Y.dtype).tiny)
+        inv = (1.0 / Zi)[:, None]
+        S = sums(kernel.weight_slope, torch.cat([one, Y, inv, Y * inv], dim=1))
+        rep_own = (Y * S[:, :1] - S[:, 1 : 1 + d]) * inv
+        rep_other = Y * S[:, 1 + d : 2 + d] - S[:, 2 + d :]
     attr, _ = _attraction(Y, aff, kernel, (1.0 - alpha) * exaggeration, False)
     grad = (2.0 / n) * (attr - rep_own - rep_other)
     if alpha > 0:
-        S_g = sums(kernel.slope, YC)
+        if uniform_pull is None:
+            S_g = sums(kernel.slope, YC)
+            uniform_pull = Y * S_g[:, :1] - S_g[:, 1:]
         unif = alpha / (n - 1)
-        grad = grad + (4.0 / n) * unif * exaggeration * (Y * S_g[:, :1] - S_g[:, 1:])
+        grad = grad + (4.0 / n) * unif * exaggeration * uniform_pull
     loss = None
     if want_loss:
         cond = aff.cond

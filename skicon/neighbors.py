@@ -224,13 +224,19 @@ def perplexity_betas(sqdist, perplexity, *, tol=1e-10, max_iter=200):
     hi = np.full(n, np.inf)
     scale = np.where(d.mean(axis=1) > 0, d.mean(axis=1), 1.0)
     beta = 1.0 / scale
+    # Converged rows are frozen and dropped from the work: each row's result then depends on
+    # that row alone (embedding new points in a batch or one by one agrees), and the late
+    # iterations only touch the few slow rows.
+    active = np.arange(n)
     for _ in range(max_iter):
-        h = _row_entropy(d, beta)
+        h = _row_entropy(d[active], beta[active])
         diff = h - target
-        if np.all(np.abs(diff) < tol):
+        keep = np.abs(diff) >= tol
+        active, diff = active[keep], diff[keep]
+        if active.size == 0:
             break
-        too_flat = diff > 0  # entropy too high -> increase beta
-        lo = np.where(too_flat, beta, lo)
-        hi = np.where(too_flat, hi, beta)
-        beta = np.where(np.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+        b, too_flat = beta[active], diff > 0  # entropy too high -> increase beta
+        lo[active] = np.where(too_flat, b, lo[active])
+        hi[active] = np.where(too_flat, hi[active], b)
+        beta[active] = np.where(np.isinf(hi[active]), b * 2.0, (lo[active] + hi[active]) / 2.0)
     return beta

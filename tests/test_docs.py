@@ -164,18 +164,69 @@ def test_benchmark_report_handles_row_dicts_and_failures(tmp_path):
                           result={"rows": [{"method": "a", "acc": 0.5}, {"method": "b", "nmi": 1}]})
     path = report.write_record(record, tmp_path)
     (loaded,) = report.load_records(tmp_path)
-    assert path.name == "embedding.json" and loaded == record
+    assert path.name == "embedding_quick.json" and loaded == record  # never over a full run
     md = report.to_markdown([loaded])
     assert "| method | acc | nmi |" in md and "| b | n/a | 1 |" in md
     assert "boom" in md and "Quick" in md
     (tmp_path / "scratch.json").write_text('{"rows": []}')  # not written by the runner
     assert report.load_records(tmp_path) == [loaded]
-    path.rename(tmp_path / "embedding_quick.json")
-    full = _fake_record()  # a full run of the same benchmark replaces the quick one
-    report.write_record(full, tmp_path)
+    full = _fake_record()  # a full run of the same benchmark wins over the quick one
+    assert report.write_record(full, tmp_path).name == "embedding.json"
     assert report.load_records(tmp_path) == [full]
     (tmp_path / "embedding_ablation.json").write_text(json.dumps(full))  # kept apart
     assert len(report.load_records(tmp_path)) == 2
+
+
+def _embedding_file(quick=False, date="2026-01-02 03:04:05 UTC"):
+    """A result in the layout benchmarks/bench_embedding.py writes itself."""
+    row = {"dataset": "digits", "n": 1797, "d": 64, "wall_s": 12.9, "peak_mib": 107.6,
+           "knn_acc": 0.9733, "trustworthiness": 0.9925}
+    return {
+        "meta": {"quick": quick, "n_jobs": 2, "seed": 0, "perplexity": 30.0, "python": "3.11.7",
+                 "machine": "Linux-test", "cpus": 2, "date": date},
+        "rows": [dict(row, method="skicon"),
+                 dict(row, method="openTSNE", wall_s=4.58, knn_acc=0.975),
+                 {"dataset": "digits", "n": 1797, "d": 64, "method": "umap",
+                  "error": "ImportError: umap"}],
+        "bars": {"digits": {"knn_minus_openTSNE": -0.0017, "trust_minus_openTSNE": 0.0006,
+                            "time_vs_openTSNE": 2.817, "passes": False}},
+    }
+
+
+def test_benchmark_report_reads_the_embedding_benchmark_file(tmp_path):
+    report = importlib.import_module("benchmarks._report")
+    (tmp_path / "embedding.json").write_text(json.dumps(_embedding_file()))
+    (tmp_path / "embedding_quick.json").write_text(json.dumps(_embedding_file(quick=True)))
+    (record,) = report.load_records(tmp_path)
+    assert record["name"] == "embedding" and not record["quick"]
+    assert record["command"] == ("python -m benchmarks.bench_embedding --datasets digits "
+                                 "--methods skicon openTSNE umap --n-jobs 2")
+    md = report.to_markdown([record])
+    assert "| digits | 1797 | 64 | skicon | 12.90 | 108 | 0.9733 | 0.9925 |" in md
+    assert "| digits | 1797 | 64 | openTSNE | 4.58 | 108 | 0.9750 | 0.9925 |" in md
+    assert "error: ImportError: umap" in md
+    assert "| digits | -0.0017 | 0.0006 | 2.817 | n/a | no |" in md
+    assert "Linux-test" in md and "2026-01-02 03:04 UTC" in md and "not recorded" in md
+    # the same result nested in a runner record renders the same tables
+    nested = dict(_fake_record(), result=_embedding_file())
+    assert report.tables_of(nested["result"]) == report.tables_of(record["result"])
+    rst = report.to_rst([record], heading="~", subheading="^")
+    assert "0.9733" in rst and "bench_embedding" in rst and "\n^^^" in rst
+    combined = report.to_json([record, _fake_record()])
+    names = [entry["name"] for entry in combined["benchmarks"]]
+    assert names == ["embedding", "embedding"]
+    assert combined["benchmarks"][0]["tables"][0]["rows"][0][4] == "12.90"
+    json.dumps(combined)  # serialisable as it stands
+
+
+def test_benchmark_report_orders_benchmarks_and_skips_the_combined_file(tmp_path):
+    report = importlib.import_module("benchmarks._report")
+    for name in ("contrastive", "zeta", "clustering", "embedding"):
+        report.write_record(_fake_record(name=name), tmp_path)
+    (tmp_path / report.COMBINED_JSON).write_text(
+        json.dumps({"name": "x", "result": {}, "benchmarks": []}))
+    names = [r["name"] for r in report.load_records(tmp_path)]
+    assert names == ["embedding", "clustering", "contrastive", "zeta"]
 
 
 def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):
@@ -197,6 +248,21 @@ def test_benchmark_runner_reports_a_broken_benchmark(tmp_path, monkeypatch):
     assert record["command"] == "python -m benchmarks --quick --only clustering"
     assert "ImportError" in record["error"]
     assert (tmp_path / report.COMBINED_MARKDOWN).exists()
+    combined = json.loads((tmp_path / report.COMBINED_JSON).read_text())
+    assert [b["name"] for b in combined["benchmarks"]] == ["clustering"]
+    assert "ImportError" in combined["benchmarks"][0]["error"]
+
+
+def test_benchmark_runner_report_only_runs_nothing(tmp_path, monkeypatch):
+    main = importlib.import_module("benchmarks.__main__")
+    report = importlib.import_module("benchmarks._report")
+    monkeypatch.setattr(main.importlib, "import_module",
+                        lambda name: pytest.fail(f"imported {name}"))
+    monkeypatch.setattr(main, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(main, "load_records", lambda: report.load_records(tmp_path))
+    (tmp_path / "embedding.json").write_text(json.dumps(_embedding_file()))
+    assert main.main(["--report-only"]) == 0
+    assert "0.9733" in (tmp_path / report.COMBINED_MARKDOWN).read_text()
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
@@ -207,3 +273,20 @@ def test_example_is_valid_python_with_a_docstring(path):
     if path.name.startswith("plot_"):
         title = doc.splitlines()
         assert len(title) > 1 and set(title[1]) == {"="}, f"{path.name}: rst title expected"
+
+
+def test_citation_metadata_agrees_across_cff_readme_and_docs():
+    yaml = pytest.importorskip("yaml")
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == skicon.__version__
+    paper = cff["preferred-citation"]
+    arxiv = "2504.16929"
+    assert {"type": "url", "value": f"https://arxiv.org/abs/{arxiv}"} in paper["identifiers"]
+    assert paper["year"] == 2025
+    bibtex_authors = " and ".join(
+        f"{a['family-names']}, {a['given-names']}" for a in paper["authors"])
+    for path in (ROOT / "README.rst", ROOT / "docs" / "citing.rst"):
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        assert f"title = {{{paper['title']}}}" in text, path.name
+        assert f"author = {{{bibtex_authors}}}" in text, path.name
+        assert f"eprint = {{{arxiv}}}" in text and "year = {2025}" in text, path.name

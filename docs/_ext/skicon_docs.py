@@ -7,7 +7,9 @@ At ``config-inited`` (before Sphinx looks for source files) it writes:
 * ``_generated/method_table.rst.inc``: the periodic table, from ``skicon.list_methods()``;
 * ``_generated/periodic_grid.rst.inc``: the same rows as a grid of supervisory p against
   learned q;
-* ``_generated/benchmarks.rst.inc``: the latest tables in ``benchmarks/results/*.json``.
+* ``_generated/benchmarks/<name>.rst.inc``: the latest tables of each benchmark in
+  ``benchmarks/results/*.json`` (embedding, clustering, contrastive), and
+  ``_generated/benchmarks/others.rst.inc`` for any other result file there.
 
 Generated files are only rewritten when their text changes, so incremental builds stay
 incremental. It also hides members that classes inherit from scikit-learn or torch (their
@@ -307,11 +309,27 @@ def update_readme(path=DOCS.parent / "README.rst"):
 # -- benchmarks ---------------------------------------------------------------------------
 
 
-def benchmarks_rst():
-    """The latest benchmark tables, from benchmarks/results/*.json."""
-    from benchmarks._report import load_records, to_rst
+def benchmark_includes():
+    """The latest benchmark tables, from benchmarks/results/*.json, one text per benchmark.
 
-    return to_rst(load_records())
+    Returns
+    -------
+    texts : dict of str to str
+        Keyed by the include file's stem: each name of ``benchmarks._report.ORDER`` (a short
+        note when that benchmark has no result yet) and ``others`` for the rest.
+    """
+    from benchmarks._report import ORDER, load_records, to_rst
+
+    records = load_records()
+    texts = {}
+    for name in ORDER:
+        mine = [r for r in records if r["name"] == name]
+        texts[name] = to_rst(mine) if mine else "\n".join(_heading(name.capitalize(), "-") + [
+            f"No ``{name}`` result has been recorded yet: run "
+            f"``python -m benchmarks --only {name}``.", ""])
+    others = [r for r in records if r["name"] not in ORDER]
+    texts["others"] = to_rst(others) if others else ""
+    return texts
 
 
 # -- Sphinx hooks -------------------------------------------------------------------------
@@ -323,7 +341,8 @@ def generate(app, config):
     rows = method_rows()
     _write_if_changed(GENERATED / "method_table.rst.inc", method_table_rst(rows))
     _write_if_changed(GENERATED / "periodic_grid.rst.inc", periodic_grid_rst(rows))
-    _write_if_changed(GENERATED / "benchmarks.rst.inc", benchmarks_rst())
+    for stem, text in benchmark_includes().items():
+        _write_if_changed(GENERATED / "benchmarks" / f"{stem}.rst.inc", text)
 
 
 _FOREIGN_PREFIXES = ("sklearn.", "torch.")

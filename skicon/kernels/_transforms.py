@@ -142,10 +142,12 @@ class Propagated(_Wrapper):
         for _ in range(self.walk_length - 1):
             power = power @ P
             total = total + power
-        total = total.tolil()
         if not self.include_self:
-            total.setdiag(0)  # walks that return to i are not neighbours of i
-        total = total.tocsr()
+            # walks that return to i are not neighbours of i (a mask: LIL setdiag is slow at large n)
+            total = total.tocoo()
+            keep = total.row != total.col
+            total = sp.csr_matrix((total.data[keep], (total.row[keep], total.col[keep])), shape=total.shape)
+        total = sp.csr_matrix(total)
         total.eliminate_zeros()
         if self.weighting == "uniform":
             total.data[:] = 1.0

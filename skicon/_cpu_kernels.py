@@ -1,0 +1,307 @@
+"""Compiled CPU kernels for the t-SNE engine (numba), used for 1-D and 2-D embeddings on CPU.
+
+On CPU, torch evaluates an all-pairs kernel sum as a chain of separate passes over an
+(n, n) block (distances, kernel, products, reductions), each bound by memory traffic. A fused
+loop that keeps one row's accumulators in registers does the same arithmetic 10-20x faster
+(measured 0.5 ms against 8.9 ms per gradient on 1,797 points, one thread), which is what makes
+exact repulsion cheaper than the FFT grid below several thousand points. The same holds for
+the attraction over the sparse ``P``. numba is already required by pynndescent.
+
+The loops vectorise only under ``error_model="numpy"`` (no Python division-by-zero checks;
+the denominators here are at least 1 anyway) and ``fastmath`` (reassociated reductions).
+
+Kernels are selected by an integer code: 0 Cauchy (Student-t, one degree of freedom), 1
+Student-t with ``dof`` degrees of freedom, 2 Gaussian ``exp(-d^2 * inv2s2)``. Coordinates come as
+two contiguous vectors ``x`` and ``y``; a 1-D embedding passes ``y = 0``.
+
+All functions are pure: arrays in, arrays out; the torch engine in :mod:`skicon._tsne` wraps
+them and falls back to its own torch code on CUDA or in more than two dimensions.
+"""
+
+import math
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit
+except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
+    numba = None
+
+__all__ = ["available", "kernel_code", "repulsion_field", "attraction_csr", "threads"]
+
+CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
+
+
+def available():
+    """Whether the compiled kernels can be used."""
+    return numba is not None
+
+
+def kernel_code(kernel):
+    """``(code, dof, inv2s2)`` of a :class:`skicon._tsne.KernelSpec`."""
+    if kernel.kind == "gaussian":
+        return GAUSSIAN, 1.0, 1.0 / (2.0 * kernel.sigma**2)
+    if kernel.dof == 1.0:
+        return CAUCHY, 1.0, 0.0
+    return STUDENT, kernel.dof, 0.0
+
+
+class threads:
+    """Context manager that runs the compiled kernels on ``n`` threads (restored on exit).
+
+    The kernels release the GIL and are split into row blocks over a small thread pool of our
+    own, rather than numba's parallel layer: its OpenMP workers busy-wait after each loop and
+    fight torch's OpenMP workers for the cores (measured 4x slower on 2 cores).
+
+    Parameters
+    ----------
+    n : int or None
+        Threads to use; ``None`` leaves the setting alone.
+    """
+
+    _n = 1
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = threads._n
+        if self.n is not None:
+            threads._n = max(1, int(self.n))
+        return self
+
+    def __exit__(self, *exc):
+        threads._n = self.old
+
+
+_POOL = None
+
+
+def _blocks(weights_cumsum, n_blocks):
+    """Split rows 0..n into ``n_blocks`` contiguous ranges of about equal cumulative work."""
+    n = len(weights_cumsum) - 1
+    if n_blocks == 1:
+        return [(0, n)]
+    targets = weights_cumsum[-1] * np.arange(1, n_blocks) // n_blocks
+    bounds = [0, *np.searchsorted(weights_cumsum, targets).tolist(), n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _run(kernel, args, ranges):
+    """Run ``kernel(*args, lo, hi, ...)`` over row ranges, in parallel when there are several."""
+    global _POOL
+    if len(ranges) == 1:
+        kernel(*args(ranges[0]))
+        return
+    if _POOL is None or _POOL._max_workers < len(ranges):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="skicon")
+    for f in [_POOL.submit(kernel, *args(r)) for r in ranges]:
+        f.result()
+
+
+def _n_blocks(work):
+    """Threads worth using for ``work`` pair evaluations (tiny problems stay serial)."""
+    return max(1, min(threads._n, int(work // 200_000) or 1))
+
+
+if numba is not None:
+
+    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+    def _repulsion(x, y, c, code, dof, inv2s2, want_slope, lo, hi, z, fx, fy, gx, gy):  # pragma: no cover
+        n = x.shape[0]
+        dt = x.dtype.type
+        one = dt(1.0)
+        expo = dt(-(dof + 1.0) / 2.0)
+        gscale = dt((dof + 1.0) / (2.0 * dof))
+        inv_dof = dt(1.0 / dof)
+        s = dt(inv2s2)
+        for i in range(lo, hi):
+            xi = x[i]
+            yi = y[i]
+            zs = dt(0.0)
+            ax = dt(0.0)
+            ay = dt(0.0)
+            bx = dt(0.0)
+            by = dt(0.0)
+            # one specialised inner loop per kernel, so that each vectorises
+            if code == 0:
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    w = one / (one + dx * dx + dy * dy)
+                    zs += w
+                    f = w * w * c[j]
+                    ax += f * dx
+                    ay += f * dy
+                    if want_slope:
+                        bx += w * dx
+                        by += w * dy
+                zs -= one
+            elif code == 1:
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    u = one + (dx * dx + dy * dy) * inv_dof
+                    w = math.exp(expo * math.log(u))
+                    g = gscale / u
+                    zs += w
+                    f = w * g * c[j]
+                    ax += f * dx
+                    ay += f * dy
+                    if want_slope:
+                        bx += g * dx
+                        by += g * dy
+                zs -= one
+            else:
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    w = math.exp(-(dx * dx + dy * dy) * s)
+                    zs += w
+                    f = w * s * c[j]
+                    ax += f * dx
+                    ay += f * dy
+                    if want_slope:
+                        bx += s * dx
+                        by += s * dy
+                zs -= one
+            z[i] = zs
+            fx[i] = ax
+            fy[i] = ay
+            if want_slope:
+                gx[i] = bx
+                gy[i] = by
+
+    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+    def _attraction(x, y, indptr, indices, values, code, dof, inv2s2, scale, lo, hi, fx, fy):  # pragma: no cover
+        dt = x.dtype.type
+        one = dt(1.0)
+        inv_dof = dt(1.0 / dof)
+        # the constant factor of the slope g folds into the scale
+        if code == 0:
+            sc = dt(scale)
+        elif code == 1:
+            sc = dt(scale * (dof + 1.0) / (2.0 * dof))
+        else:
+            sc = dt(scale * inv2s2)
+        for i in range(lo, hi):
+            xi = x[i]
+            yi = y[i]
+            ax = dt(0.0)
+            ay = dt(0.0)
+            lo, hi = indptr[i], indptr[i + 1]
+            if code == 2:
+                for e in range(lo, hi):
+                    j = indices[e]
+                    p = values[e]
+                    ax += p * (xi - x[j])
+                    ay += p * (yi - y[j])
+            else:
+                for e in range(lo, hi):
+                    j = indices[e]
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    coef = values[e] / (one + (dx * dx + dy * dy) * inv_dof)
+                    ax += coef * dx
+                    ay += coef * dy
+            fx[i] = ax * sc
+            fy[i] = ay * sc
+
+    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+    def _cross_entropy(x, y, indptr, indices, values, code, dof, inv2s2):  # pragma: no cover
+        n = indptr.shape[0] - 1
+        out = np.zeros(n, dtype=np.float64)
+        half = -(dof + 1.0) / 2.0
+        for i in range(n):
+            acc = 0.0
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                dx = float(x[i] - x[j])
+                dy = float(y[i] - y[j])
+                d2 = dx * dx + dy * dy
+                if code == 2:
+                    acc -= float(values[e]) * d2 * inv2s2
+                else:
+                    acc += float(values[e]) * half * math.log1p(d2 / dof)
+            out[i] = acc
+        return out.sum()
+
+
+def _xy(Y):
+    """Contiguous coordinate vectors of a (n, 1) or (n, 2) array."""
+    x = np.ascontiguousarray(Y[:, 0])
+    y = np.ascontiguousarray(Y[:, 1]) if Y.shape[1] == 2 else np.zeros_like(x)
+    return x, y
+
+
+def _stack(fx, fy, d):
+    return np.stack([fx, fy], axis=1) if d == 2 else fx[:, None]
+
+
+def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False):
+    """Exact all-pairs sums of a 1-D or 2-D embedding in one fused O(n^2)-time, O(n)-memory pass.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, d), d in {1, 2}, float32 or float64
+        Embedding.
+    code : int
+        Kernel code (see the module docstring).
+    dof, inv2s2 : float
+        Degrees of freedom of the Student-t kernel, ``1 / (2 sigma^2)`` of the Gaussian.
+    charges : ndarray of shape (n,), default=None
+        ``c_j`` weighting the force sum; ones when None.
+    want_slope : bool, default=False
+        Also return ``sum_j g_ij (y_i - y_j)`` (the uniform attraction of debiasing).
+
+    Returns
+    -------
+    z : ndarray of shape (n,)
+        ``sum_{j != i} w_ij``.
+    force : ndarray of shape (n, d)
+        ``sum_j w_ij g_ij c_j (y_i - y_j)``.
+    slope : ndarray of shape (n, d) or None
+        ``sum_j g_ij (y_i - y_j)`` when ``want_slope``.
+    """
+    x, y = _xy(Y)
+    n = x.shape[0]
+    c = np.ones_like(x) if charges is None else np.ascontiguousarray(charges, dtype=x.dtype)
+    z, fx, fy = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    gx, gy = (np.empty_like(x), np.empty_like(x)) if want_slope else (x[:0], x[:0])
+    ranges = _blocks(np.arange(n + 1), _n_blocks(n * n))
+    fixed = (x, y, c, code, float(dof), float(inv2s2), bool(want_slope))
+    _run(_repulsion, lambda r: fixed + r + (z, fx, fy, gx, gy), ranges)
+    d = Y.shape[1]
+    return z, _stack(fx, fy, d), (_stack(gx, gy, d) if want_slope else None)
+
+
+def attraction_csr(Y, indptr, indices, values, code, dof=1.0, inv2s2=0.0, scale=1.0, want_loss=False):
+    """``scale * sum_j p_ij g_ij (y_i - y_j)`` over the non-zeros of a CSR ``P``, and ``sum p log w``.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, d), d in {1, 2}
+        Embedding.
+    indptr, indices, values : ndarray
+        CSR arrays of ``P`` (values in the dtype of ``Y``).
+    code, dof, inv2s2 : see :func:`repulsion_field`.
+    scale : float, default=1.0
+        Factor on the force (exaggeration, debiasing).
+    want_loss : bool, default=False
+        Also compute ``sum_ij p_ij log w_ij`` (unscaled).
+
+    Returns
+    -------
+    force : ndarray of shape (n, d)
+    plogw : float or None
+    """
+    x, y = _xy(Y)
+    fx, fy = np.empty_like(x), np.empty_like(x)
+    ranges = _blocks(indptr, _n_blocks(len(indices) * 4))
+    fixed = (x, y, indptr, indices, values, code, float(dof), float(inv2s2), float(scale))
+    _run(_attraction, lambda r: fixed + r + (fx, fy), ranges)
+    plogw = _cross_entropy(x, y, indptr, indices, values, code, float(dof), float(inv2s2)) if want_loss else None
+    return _stack(fx, fy, Y.shape[1]), plogw
