@@ -76,7 +76,7 @@ for name in models:
 # Rows are the true digits, columns the clusters, each matched to the digit it overlaps most.
 # A perfect clustering is diagonal; the typical confusions (4 with 9, 3 with 5 and 8) show as
 # off-diagonal blocks.
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), layout="constrained")
 for ax, name in zip(axes, models):
     cm = matched_confusion(y, labels[name])
     ax.imshow(cm, cmap="Blues")
@@ -86,5 +86,4 @@ for ax, name in zip(axes, models):
     ax.set_ylabel("digit")
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
-fig.tight_layout()
 plt.show()

@@ -28,6 +28,7 @@ from skicon.metrics import hungarian_accuracy
 
 X, y = load_digits(return_X_y=True)
 walks = [1, 2, 3]
+k = 5  # neighbours of the KNN graph, for p and for the clusterings alike
 
 # %%
 # What the walks do to p
@@ -36,7 +37,7 @@ walks = [1, 2, 3]
 # probability mass lands on points of the same digit (the *precision* of ``p``).
 size, precision = [], []
 for s in walks:
-    P = Propagated(UniformKNN(n_neighbors=5), walk_length=s).conditional(X).tocoo()
+    P = Propagated(UniformKNN(n_neighbors=k), walk_length=s).conditional(X).tocoo()
     same = y[P.row] == y[P.col]
     size.append(P.nnz / X.shape[0])
     precision.append(P.data[same].sum() / P.data.sum())
@@ -48,7 +49,7 @@ for s in walks:
 # --------------------------------
 accuracy = []
 for s in walks:
-    model = ICONClustering(n_clusters=10, walk_length=s, n_init=4, max_iter=300,
+    model = ICONClustering(n_clusters=10, n_neighbors=k, walk_length=s, n_init=4, max_iter=300,
                            random_state=0).fit(X)
     accuracy.append(hungarian_accuracy(y, model.labels_))
     print(f"walk_length={s}: Hungarian accuracy {accuracy[-1]:.3f}")
@@ -64,6 +65,6 @@ axes[2].set_ylabel("Hungarian accuracy")
 for ax in axes:
     ax.set_xlabel("walk length s")
     ax.set_xticks(walks)
-fig.suptitle("Neighbour propagation on digits (k = 5)")
+fig.suptitle(f"Neighbour propagation on digits (k = {k})")
 fig.tight_layout()
 plt.show()
