@@ -229,6 +229,9 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         the conditional matrix actually used).
     kl_divergence_ : float
         Final value of the loss (KL for the joint form, mean row KL for the conditional form).
+        With ``mode="fft"`` the normaliser comes from the grid interpolation (about 1e-4
+        relative error on 2,000 points in the tests), with ``mode="sampled"`` from random
+        negatives, so the value is approximate to that order; ``"exact"`` is exact.
     loss_ : float
         Same as ``kl_divergence_``.
     loss_curve_ : ndarray of shape (n_evaluations,)
