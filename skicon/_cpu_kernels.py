@@ -192,15 +192,15 @@ if numba is not None:
             yi = y[i]
             ax = dt(0.0)
             ay = dt(0.0)
-            lo, hi = indptr[i], indptr[i + 1]
+            start, stop = indptr[i], indptr[i + 1]
             if code == 2:
-                for e in range(lo, hi):
+                for e in range(start, stop):
                     j = indices[e]
                     p = values[e]
                     ax += p * (xi - x[j])
                     ay += p * (yi - y[j])
             else:
-                for e in range(lo, hi):
+                for e in range(start, stop):
                     j = indices[e]
                     dx = xi - x[j]
                     dy = yi - y[j]
