@@ -364,8 +364,9 @@ def to_markdown(records):
     for record in records:
         result = record.get("result") or {}
         out += [f"## {_title_of(record)}", ""]
-        if _description_of(record):
-            out += [_description_of(record), ""]
+        description = _description_of(record)  # read once: it may parse a module docstring
+        if description:
+            out += [description, ""]
         if record.get("quick"):
             out += ["*Quick (smoke-sized) run: not figures to quote.*", ""]
         if record.get("error"):
@@ -440,8 +441,9 @@ def to_rst(records, heading="-", subheading="~"):
     for record in records:
         result = record.get("result") or {}
         out += _rst_heading(_title_of(record), heading)
-        if _description_of(record):
-            out += [_rst_escape(_description_of(record)), ""]
+        description = _description_of(record)
+        if description:
+            out += [_rst_escape(description), ""]
         if record.get("quick"):
             out += ["*Quick (smoke-sized) run: not figures to quote.*", ""]
         if record.get("error"):

@@ -395,8 +395,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
             )
         if mode != "auto":
             return mode
-        compiled = torch.device(device).type == "cpu" and _cpu_kernels.available() and self.n_components <= 2
-        if n < (EXACT_BELOW_COMPILED if compiled else EXACT_BELOW):
+        if n < (EXACT_BELOW_COMPILED if _tsne.compiled_kernels_apply(device, self.n_components) else EXACT_BELOW):
             return "exact"
         if self.n_components <= 2:
             return "fft"

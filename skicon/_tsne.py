@@ -519,9 +519,14 @@ def sampled_kernel_sums(Y, fn, charges, *, n_negatives=64, generator=None):
 # ----------------------------------------------------------------------------------------------
 # objective
 # ----------------------------------------------------------------------------------------------
+def compiled_kernels_apply(device, n_components):
+    """Whether the compiled CPU kernels serve an embedding on ``device`` with ``n_components`` columns."""
+    return _COMPILED and _cpu_kernels.available() and torch.device(device).type == "cpu" and n_components <= 2
+
+
 def _use_compiled(Y):
-    """Whether the compiled CPU kernels serve this embedding (CPU tensor, 1 or 2 columns)."""
-    return _COMPILED and _cpu_kernels.available() and Y.device.type == "cpu" and Y.shape[1] <= 2
+    """:func:`compiled_kernels_apply` for the tensor ``Y``."""
+    return compiled_kernels_apply(Y.device, Y.shape[1])
 
 
 #: Switch for the compiled CPU kernels (tests turn it off to compare with the torch code).
