@@ -34,6 +34,7 @@ from torch import nn
 from ._training import Trainer, batched_forward, check_callbacks
 from ._utils import resolve_device, seed_from_random_state
 from .kernels import ClusterKernel, Debiased, Kernel, Propagated, UniformKNN, normalize_rows
+from .kernels._base import drop_diagonal
 from .mappers import MAPPERS, make_mapper
 from .neighbors import knn_graph
 
@@ -665,9 +666,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             kernel = _GraphOf(A)
             alpha = 0.0
             P = normalize_rows(A)
-        P = sp.coo_matrix(P, dtype=np.float64)
-        off = P.row != P.col  # no self pair (a mask: setdiag on CSR is slow at large n)
-        P = sp.csr_matrix((P.data[off], (P.row[off], P.col[off])), shape=P.shape)
+        P = drop_diagonal(P)  # no self pair
         P.eliminate_zeros()
         P = normalize_rows(P)
         if (np.diff(P.indptr) == 0).any():

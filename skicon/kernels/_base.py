@@ -41,6 +41,16 @@ def normalize_rows(P):
     return sp.csr_matrix(sp.diags(inv) @ P)
 
 
+def drop_diagonal(M):
+    """``M`` as CSR without its diagonal entries (no self pairs).
+
+    A mask on the COO triplets: ``setdiag(0)`` needs LIL, or is slow on CSR, at large n.
+    """
+    M = sp.coo_matrix(M, dtype=np.float64)
+    off = M.row != M.col
+    return sp.csr_matrix((M.data[off], (M.row[off], M.col[off])), shape=M.shape)
+
+
 def self_mask(rows, cols, device=None):
     """Boolean (len(rows), len(cols)) mask of the self pairs ``rows[a] == cols[b]``."""
     rows = torch.as_tensor(rows, device=device)

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from ..neighbors import knn_graph
-from ._base import Kernel, normalize_rows
+from ._base import Kernel, drop_diagonal, normalize_rows
 
 __all__ = ["UniformKNN", "Labels", "Views", "Graph", "Identity", "same_group_block"]
 
@@ -223,9 +223,7 @@ class Graph(Kernel):
             raise ValueError(f"The affinity has {A.shape[0]} rows but X has {X.shape[0]} samples.")
         if (A.data < 0).any() or not np.isfinite(A.data).all():
             raise ValueError("The affinity must be finite and non-negative.")
-        A = A.tolil()
-        A.setdiag(0)
-        A = A.tocsr()
+        A = drop_diagonal(A)
         A.eliminate_zeros()
         if self.degree_weighted:
             d = np.asarray(A.sum(axis=1)).ravel()

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._base import Kernel, normalize_rows
+from ._base import Kernel, drop_diagonal, normalize_rows
 
 __all__ = ["Debiased", "Propagated", "Symmetrized", "Exaggerated"]
 
@@ -143,10 +143,7 @@ class Propagated(_Wrapper):
             power = power @ P
             total = total + power
         if not self.include_self:
-            # walks that return to i are not neighbours of i (a mask: LIL setdiag is slow at large n)
-            total = total.tocoo()
-            keep = total.row != total.col
-            total = sp.csr_matrix((total.data[keep], (total.row[keep], total.col[keep])), shape=total.shape)
+            total = drop_diagonal(total)  # walks that return to i are not neighbours of i
         total = sp.csr_matrix(total)
         total.eliminate_zeros()
         if self.weighting == "uniform":
