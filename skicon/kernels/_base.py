@@ -44,11 +44,18 @@ def normalize_rows(P):
 def drop_diagonal(M):
     """``M`` as CSR without its diagonal entries (no self pairs).
 
-    A mask on the COO triplets: ``setdiag(0)`` needs LIL, or is slow on CSR, at large n.
+    A mask on the CSR entries: ``setdiag(0)`` needs LIL, or is slow on CSR, at large n, and a
+    round trip through COO costs twice as much. The result has sorted indices (canonical CSR),
+    so that what is drawn from its rows does not depend on how ``M`` was assembled.
     """
-    M = sp.coo_matrix(M, dtype=np.float64)
-    off = M.row != M.col
-    return sp.csr_matrix((M.data[off], (M.row[off], M.col[off])), shape=M.shape)
+    M = sp.csr_matrix(M, dtype=np.float64)
+    rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    off = M.indices != rows
+    indptr = np.zeros(M.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[off], minlength=M.shape[0]), out=indptr[1:])
+    out = sp.csr_matrix((M.data[off], M.indices[off], indptr), shape=M.shape)
+    out.sort_indices()
+    return out
 
 
 def self_mask(rows, cols, device=None):
