@@ -376,7 +376,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     The learned distribution is the cluster kernel of probabilistic k-means,
     ``q(j|i) = sum_c phi_ic phi_jc / sum_k phi_kc`` with soft assignments
-    ``phi_i = softmax(f(x_i))`` produced by a head ``f`` (linear by default). The supervisory
+    ``phi_i = softmax(f(x_i))`` produced by a head ``f`` (an MLP by default). The supervisory
     distribution p and the divergence depend on ``method`` (see Notes). The default,
     ``method="infonce"``, is the paper's InfoNCE clustering: p uniform over the k nearest
     neighbours plus short walks on the KNN graph (and augmented views), debiased on both sides,
@@ -401,7 +401,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     n_neighbors : int or "auto", default="auto"
         k of the KNN graph: 10 for every method ("infonce" with k = 10 and one walk step
         reached a mean Hungarian accuracy of 0.788 on MNIST-5k over 5 seeds, against 0.755
-        with k = 5).
+        with k = 5, in 600 steps at learning rate 1e-2 without restart pruning).
     walk_length : int, default=2
         Longest walk s of the neighbour propagation p ∝ P + P^2 + ... + P^s ("infonce";
         ``walk_length=1`` is plain KNN, 2 adds one walk step on the KNN graph).
@@ -416,14 +416,17 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         preprocessed features (the paper's head on pretrained features), a free table of logits
         per training sample (non-parametric; new points are assigned through their training
         neighbours), or a factory ``factory(n_features, n_clusters) -> torch.nn.Module``.
-    hidden_layer_sizes : tuple of int, default=(128,)
-        Hidden sizes of ``mapper="mlp"``.
+    hidden_layer_sizes : tuple of int, default=(64,)
+        Hidden sizes of ``mapper="mlp"``; 64 units matched 128 within the spread over seeds
+        (see Notes) in 0.72 of the fit time on digits.
     augment : callable, default=None
         ``augment(X_batch, random_state) -> X_view`` returning a perturbed copy of a float32
         batch (same shape, finite). Each anchor's view is an extra positive ("infonce", "mi").
     n_init : int, default=8
         Independent restarts. Neighbourhood methods train ``n_init`` heads side by side on the
-        same batches and keep the one with the lowest final loss (an unsupervised choice);
+        same batches. At a quarter and at half of ``max_iter`` (not before step 100) the worse
+        half of them by mean loss over the last 50 steps stops training, down to two; of those
+        trained to the end, the one with the lowest final loss is kept (an unsupervised choice).
         "kmeans"/"spectral" keep the seeding with the lowest objective.
     batch_size : int, default=256
         Anchors per step; each anchor brings a sampled positive, so a batch has 2x (3x with
@@ -431,10 +434,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     n_negatives : int or None, default=64
         Candidate columns sampled per step to estimate the uniform (debiasing) part of the loss
         without bias; None uses every pair of the batch (exact, O(batch^2)).
-    max_iter : int, default=600
-        Optimisation steps (neighbourhood methods) or relaxation steps ("kmeans", "spectral").
-    learning_rate : float, default=1e-2
-        Adam learning rate.
+    max_iter : int, default=400
+        Optimisation steps (neighbourhood methods) or relaxation steps ("kmeans", "spectral",
+        at most 100).
+    learning_rate : float, default=2e-2
+        Adam learning rate. Together with ``max_iter`` it sets the budget: 400 steps at 2e-2
+        matched 600 steps at 1e-2 on digits and MNIST-5k (see Notes), at two thirds of the steps.
     metric : str, default="euclidean"
         Metric of the KNN graph.
     n_components : int or None, default=50
@@ -448,7 +453,8 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose : bool or int, default=False
         Show a tqdm progress bar.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool``; a truthy return stops training.
+        ``cb(iteration, loss, estimator) -> bool``, where ``loss`` is the mean over the
+        restarts still trained; a truthy return stops training.
     n_jobs : int, default=None
         Parallel jobs of the neighbour search.
 
@@ -469,8 +475,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     module_ : torch.nn.Module
         The selected head (maps standardised features to cluster logits).
     init_losses_ : ndarray of shape (n_init,)
-        Mean loss of each restart over its last steps (neighbourhood methods); the head with
-        the lowest one is kept.
+        Mean loss of each restart over the last steps it was trained (neighbourhood methods):
+        the last 100 for those trained to the end, the last 50 before it stopped for the others.
+        The kept head has the lowest value among those trained to the end.
+    init_n_iter_ : ndarray of shape (n_init,)
+        Steps each restart was trained before it stopped (see ``n_init``; neighbourhood
+        methods).
     p_ : Kernel
         The supervisory kernel used (neighbourhood methods).
     q_ : Kernel
@@ -504,6 +514,14 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
       objective.
     * ``"spectral"``: the "kmeans" row on the spectral embedding of the symmetric KNN graph
       (Corollary 5); new points are embedded as the mean embedding of their training neighbours.
+
+    The training budget of the neighbourhood rows (8 restarts halved twice, 400 steps at
+    learning rate 2e-2, one hidden layer of 64) was chosen on digits and MNIST-5k, seeds 0-9:
+    mean Hungarian accuracy 0.890 ± 0.037 and 0.800 ± 0.020 (mean ± std over seeds), against
+    0.904 ± 0.032 and 0.783 ± 0.019 for 8 restarts trained to the end for 600 steps at 1e-2
+    with 128 hidden units, in well under half the time (20,000 MNIST-1D points: about 2.1 s
+    against 4.6-5.9 s on two CPU cores). A learning rate of 3e-2 was worse (0.725 on MNIST-5k,
+    5 seeds).
 
     The default :meth:`score` is the negative I-Con loss of the fitted model on ``X`` (its own
     KNN graph for the neighbourhood rows; minus the k-means objective per sample for "kmeans"
@@ -560,13 +578,13 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         alpha_q=0.3,
         ema=None,
         mapper="mlp",
-        hidden_layer_sizes=(128,),
+        hidden_layer_sizes=(64,),
         augment=None,
         n_init=8,
         batch_size=256,
         n_negatives=64,
-        max_iter=600,
-        learning_rate=1e-2,
+        max_iter=400,
+        learning_rate=2e-2,
         metric="euclidean",
         n_components=50,
         device="cpu",
@@ -829,6 +847,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                           for r in range(self.n_init)])
         best = int(module.active[np.argmin(final[module.active])])
         self.init_losses_ = final
+        self.init_n_iter_ = np.isfinite(history).sum(axis=0)
         self.module_ = module.head(best).eval()
         self.loss_curve_ = history[:, best].tolist()
         self.n_iter_ = trainer.n_iter

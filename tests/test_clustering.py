@@ -5,9 +5,13 @@ import torch
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.datasets import load_digits, make_blobs
 
-from skicon._clustering import ICONClustering, cluster_kernel_loss, probabilistic_kmeans_loss
+from skicon._clustering import (
+    ICONClustering, _FusedHeads, _Heads, _PositiveSampler, _pruning_schedule, cluster_kernel_loss,
+    probabilistic_kmeans_loss,
+)
 from skicon._loss import icon_loss
 from skicon.kernels import ClusterKernel, Debiased
+from skicon.mappers import make_mapper
 from skicon.metrics import adjusted_rand_score, hungarian_accuracy
 
 FAST = dict(max_iter=60, n_init=2, batch_size=64)
@@ -234,3 +238,72 @@ def test_q_must_be_a_cluster_kernel(blobs):
 
     with pytest.raises(ValueError, match="ClusterKernel"):
         ICONClustering(4, q=Gaussian(), **FAST).fit(blobs[0])
+
+
+# -- restarts and positives ------------------------------------------------------------------
+@pytest.mark.parametrize("n_init,max_iter,expected", [
+    (8, 400, {100: 4, 200: 2}), (8, 600, {150: 4, 300: 2}), (8, 300, {150: 4}), (3, 400, {100: 2}),
+    (16, 400, {100: 8, 200: 4}), (2, 400, {}), (1, 400, {}), (8, 60, {}),
+])
+def test_pruning_schedule_hand_computed(n_init, max_iter, expected):
+    assert _pruning_schedule(n_init, max_iter) == expected
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_kept_heads_are_the_named_ones(fused):
+    heads = [make_mapper("mlp", 5, 3, hidden=(4,), random_state=r) for r in range(4)]
+    module = _FusedHeads(heads) if fused else _Heads(heads)
+    x = torch.randn(7, 5)
+    module.keep([3, 1])
+    out = module(x)
+    assert out.shape == (2, 7, 3)
+    with torch.no_grad():
+        assert torch.allclose(out[0], heads[1](x), atol=1e-6)
+        assert torch.allclose(out[1], heads[3](x), atol=1e-6)
+        assert torch.allclose(module.head(3)(x), heads[3](x), atol=1e-6)
+
+
+def test_restarts_are_pruned_on_recent_loss(blobs, monkeypatch):
+    # n_init=4, max_iter=200: the worse two (mean loss over steps 51-100) stop at step 100.
+    import skicon._clustering as clustering
+
+    seen = []
+    original = clustering.cluster_kernel_loss
+
+    def recording(*args, **kwargs):
+        losses = original(*args, **kwargs)
+        seen.append(losses.detach().numpy().copy())
+        return losses
+
+    monkeypatch.setattr(clustering, "cluster_kernel_loss", recording)
+    X, _ = blobs
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, random_state=0).fit(X)
+    assert [len(s) for s in seen] == [4] * 100 + [2] * 100
+    assert sorted(est.init_n_iter_.tolist()) == [100, 100, 200, 200]
+    survivors = np.flatnonzero(est.init_n_iter_ == 200)
+    window = np.array(seen[50:100]).mean(axis=0)
+    assert sorted(survivors.tolist()) == sorted(np.argsort(window)[:2].tolist())
+    # each restart's figure is its own recent mean; the kept head is the better survivor
+    dropped = np.flatnonzero(est.init_n_iter_ == 100)
+    assert np.allclose(est.init_losses_[dropped], window[dropped])
+    assert np.isclose(est.init_losses_[survivors].min(), np.mean(est.loss_curve_[-50:]))
+    assert len(est.loss_curve_) == est.n_iter_ == 200
+
+
+def test_positive_sampler_draws_each_row_distribution():
+    rng = np.random.RandomState(0)
+    n = 30
+    dense = np.zeros((n, n))
+    for i in range(n):
+        js = rng.choice(n, size=rng.randint(1, 12), replace=False)
+        dense[i, js] = rng.rand(len(js)) + 0.05
+    P = sp.csr_matrix(dense / dense.sum(1, keepdims=True))
+    sampler = _PositiveSampler(P, np.random.RandomState(1))
+    draws = 20000
+    for i in (0, 7, 29):
+        got = np.bincount(sampler.sample(np.full(draws, i)), minlength=n) / draws
+        assert set(np.flatnonzero(got)) <= set(P[i].indices)
+        sd = np.sqrt(P[i].toarray().ravel() * (1 - P[i].toarray().ravel()) / draws)
+        assert np.all(np.abs(got - P[i].toarray().ravel()) <= 5 * sd + 1e-12)
+    mixed = rng.randint(n, size=500)
+    assert all(P[a, b] > 0 for a, b in zip(mixed, sampler.sample(mixed)))

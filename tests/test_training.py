@@ -113,3 +113,14 @@ def test_utils():
     assert seed_from_random_state(5) == 5
     g1, g2 = torch_generator(3), torch_generator(3)
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+@pytest.mark.parametrize("optimizer,fused", [("adam", True), ("adamw", True), ("sgd", False)])
+def test_adam_steps_are_fused_on_cpu(optimizer, fused):
+    # The fused kernel is the same update rule as the per-tensor one, in one pass per step.
+    trainer, _ = _trainer()
+    trainer.optimizer = optimizer
+    opt, _ = trainer.make_optimizer()
+    assert bool(opt.defaults.get("fused")) is fused
+    trainer.run()
+    assert trainer.history[-1] < trainer.history[0]
