@@ -831,8 +831,9 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             if keep is not None:
                 window = np.array(per_head[-_PRUNE_WINDOW:])[:, module.active].mean(axis=0)
                 kept = np.asarray(module.active)[np.argsort(window, kind="stable")[:keep]]
-                for mod in {id(module): module, id(trainer.teacher): trainer.teacher}.values():
-                    mod.keep(kept)
+                module.keep(kept)
+                if trainer.teacher is not module:  # the EMA teacher evaluates the same heads
+                    trainer.teacher.keep(kept)
             return False
 
         trainer = Trainer(
