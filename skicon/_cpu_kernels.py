@@ -10,7 +10,8 @@ the attraction over the sparse ``P``. numba is already required by pynndescent.
 The loops vectorise only under ``error_model="numpy"`` (no Python division-by-zero checks;
 the denominators here are at least 1 anyway) and ``fastmath`` (reassociated reductions).
 
-Kernels are selected by an integer code: 0 Cauchy (Student-t, one degree of freedom), 1
+Kernels are selected by an integer code, which each kernel names in its
+``compiled_profile()`` (:class:`skicon.kernels.DistanceKernel`): 0 Cauchy (Student-t, one degree of freedom), 1
 Student-t with ``dof`` degrees of freedom, 2 Gaussian ``exp(-d^2 * inv2s2)``. Coordinates come as
 two contiguous vectors ``x`` and ``y``; a 1-D embedding passes ``y = 0``.
 
@@ -28,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
     numba = None
 
-__all__ = ["available", "kernel_code", "repulsion_field", "attraction_csr", "threads"]
+__all__ = ["available", "repulsion_field", "attraction_csr", "threads"]
 
 CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
 
@@ -36,15 +37,6 @@ CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
 def available():
     """Whether the compiled kernels can be used."""
     return numba is not None
-
-
-def kernel_code(kernel):
-    """``(code, dof, inv2s2)`` of a :class:`skicon._tsne.KernelSpec`."""
-    if kernel.kind == "gaussian":
-        return GAUSSIAN, 1.0, 1.0 / (2.0 * kernel.sigma**2)
-    if kernel.dof == 1.0:
-        return CAUCHY, 1.0, 0.0
-    return STUDENT, kernel.dof, 0.0
 
 
 class threads:

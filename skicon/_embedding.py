@@ -29,7 +29,7 @@ from . import _cpu_kernels, _tsne
 from ._loss import icon_loss
 from ._training import check_callbacks
 from ._utils import resolve_device, seed_from_random_state
-from .kernels import Gaussian, Identity, Kernel, StudentT
+from .kernels import DistanceKernel, Gaussian, Identity, Kernel, StudentT
 from .kernels._base import restrict
 from .mappers import make_mapper
 from .neighbors import knn_graph
@@ -511,7 +511,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         P, perplexity = self._affinities(X, cfg)
         norm = cfg["normalization"]
         # Gaussian affinities underflow float32 at moderate distances; Student-t ones do not
-        dtype = torch.float64 if cfg["kernel"].kind == "gaussian" else torch.float32
+        dtype = torch.float32 if cfg["kernel"].heavy_tailed() else torch.float64
         if norm == "joint":
             J = _tsne.joint_from_conditional(P)
             aff = _tsne.SparseAffinity(J, device, dtype)
@@ -759,7 +759,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
             dist[s : s + step] = np.sqrt(((Xd[s : s + step, None, :] - Fd[ind[s : s + step]]) ** 2).sum(axis=2))
         rows, _ = _tsne.perplexity_affinities(dist, perplexity)
         Y_ref = torch.as_tensor(self.embedding_, dtype=torch.float32, device=device)
-        kernel = getattr(self, "_engine", None) or _tsne.KernelSpec()
+        kernel = getattr(self, "_engine", None) or StudentT(dof=1.0)
         method = "fft" if (self.n_components <= 2 and n >= EXACT_BELOW) else "exact"
         Y = _tsne.embed_new_points(
             Y_ref,
@@ -795,15 +795,15 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
 # helpers
 # ------------------------------------------------------------------------------------------------
 def _engine_kernel(q):
-    """The engine's KernelSpec for a learned kernel, or None when only the dense path can run it."""
-    if type(q) is StudentT and not q.include_self:
-        if not (isinstance(q.dof, numbers.Real) and np.isfinite(q.dof) and q.dof > 0):
-            raise ValueError(f"q.dof must be a positive number, got {q.dof!r}.")
-        return _tsne.KernelSpec("student", dof=float(q.dof))
-    if type(q) is Gaussian and not q.include_self:
-        if not (isinstance(q.sigma, numbers.Real) and np.isfinite(q.sigma) and q.sigma > 0):
-            raise ValueError(f"q.sigma must be a positive number, got {q.sigma!r}.")
-        return _tsne.KernelSpec("gaussian", sigma=float(q.sigma))
+    """``q`` itself when the scalable engine can run it (any distance kernel), else None.
+
+    The engine needs ``q`` as a function of the squared distance
+    (:class:`~skicon.kernels.DistanceKernel`, self pair excluded); other learned kernels
+    (cosine, dot product, debiased or self-including ones) run the dense exact path.
+    """
+    if isinstance(q, DistanceKernel) and not q.include_self:
+        q._validate()
+        return q
     return None
 
 

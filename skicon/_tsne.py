@@ -32,7 +32,6 @@ from . import _cpu_kernels
 from .neighbors import perplexity_betas
 
 __all__ = [
-    "KernelSpec",
     "perplexity_affinities",
     "joint_from_conditional",
     "SparseAffinity",
@@ -46,54 +45,6 @@ __all__ = [
     "optimize",
     "embed_new_points",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# learned kernel
-# ----------------------------------------------------------------------------------------------
-class KernelSpec:
-    """The learned kernel as functions of the squared distance.
-
-    Parameters
-    ----------
-    kind : {"student", "gaussian"}
-        Student-t (t-SNE for ``dof=1``) or Gaussian (SNE).
-    dof : float, default=1.0
-        Degrees of freedom of the Student-t kernel.
-    sigma : float, default=sqrt(0.5)
-        Bandwidth of the Gaussian; ``sqrt(0.5)`` gives Table 1's ``exp(-d^2)``.
-    """
-
-    def __init__(self, kind="student", dof=1.0, sigma=math.sqrt(0.5)):
-        if kind not in ("student", "gaussian"):
-            raise ValueError(f"kind must be 'student' or 'gaussian', got {kind!r}.")
-        self.kind = kind
-        self.dof = float(dof)
-        self.sigma = float(sigma)
-
-    def weight(self, d2):
-        """Unnormalised affinity ``w(d^2)``."""
-        if self.kind == "gaussian":
-            return torch.exp(-d2 / (2.0 * self.sigma**2))
-        if self.dof == 1.0:
-            return 1.0 / (1.0 + d2)
-        return torch.pow(1.0 + d2 / self.dof, -(self.dof + 1.0) / 2.0)
-
-    def log_weight(self, d2):
-        """``log w(d^2)``."""
-        if self.kind == "gaussian":
-            return -d2 / (2.0 * self.sigma**2)
-        return -(self.dof + 1.0) / 2.0 * torch.log1p(d2 / self.dof)
-
-    def slope(self, d2):
-        """``g = -d log w / d(d^2)``, so that ``grad_{y_i} (-log w_ij) = 2 g_ij (y_i - y_j)``."""
-        if self.kind == "gaussian":
-            return torch.full_like(d2, 1.0 / (2.0 * self.sigma**2))
-        return (self.dof + 1.0) / (2.0 * self.dof) / (1.0 + d2 / self.dof)
-
-    def weight_slope(self, d2):
-        """``w * g``: the kernel of the repulsive force."""
-        return self.weight(d2) * self.slope(d2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,9 +475,21 @@ def compiled_kernels_apply(device, n_components):
     return _COMPILED and _cpu_kernels.available() and torch.device(device).type == "cpu" and n_components <= 2
 
 
-def _use_compiled(Y):
-    """:func:`compiled_kernels_apply` for the tensor ``Y``."""
-    return compiled_kernels_apply(Y.device, Y.shape[1])
+def _use_compiled(Y, kernel):
+    """The compiled loop's ``(code, dof, inv2s2)`` when it serves ``kernel`` on ``Y``, else None.
+
+    The kernel names its compiled twin (:meth:`~skicon.kernels.DistanceKernel.compiled_profile`);
+    a kernel without one runs the torch code below on every device.
+    """
+    if not compiled_kernels_apply(Y.device, Y.shape[1]):
+        return None
+    return kernel.compiled_profile()
+
+
+def _is_cauchy(kernel):
+    """The Student-t kernel with one degree of freedom, which has a cheaper exact path."""
+    profile = kernel.compiled_profile()
+    return profile is not None and profile[0] == _cpu_kernels.CAUCHY
 
 
 #: Switch for the compiled CPU kernels (tests turn it off to compare with the torch code).
@@ -548,8 +511,9 @@ def _attraction(Y, aff, kernel, scale, want_loss):
     Works one coordinate at a time on contiguous 1-D tensors: on CPU, gathers and reductions
     over an (nnz, 2) tensor are several times slower than the same work on 1-D vectors.
     """
-    if _use_compiled(Y) and aff.csr is not None:
-        code, dof, inv2s2 = _cpu_kernels.kernel_code(kernel)
+    profile = _use_compiled(Y, kernel)
+    if profile is not None and aff.csr is not None:
+        code, dof, inv2s2 = profile
         force, plogw = _cpu_kernels.attraction_csr(
             Y.detach().numpy(), *aff.csr, code, dof, inv2s2, scale=scale, want_loss=want_loss
         )
@@ -561,7 +525,7 @@ def _attraction(Y, aff, kernel, scale, want_loss):
         diff = col.index_select(0, aff.rows).sub_(col.index_select(0, aff.cols))
         d2 = diff * diff if d2 is None else d2.addcmul_(diff, diff)
         diffs.append(diff)
-    if kernel.kind == "student" and kernel.dof == 1.0:
+    if _is_cauchy(kernel):
         coef = aff.values / (d2 + 1.0)
     else:
         coef = aff.values * kernel.slope(d2)
@@ -596,7 +560,7 @@ def objective_and_gradient(
         Supervisory ``P``: joint (sums to one) for ``normalization="joint"``, the *symmetrised
         sum* ``P + P^T`` of the conditional for ``"conditional"`` (the loss value then also needs
         ``aff.cond``, the conditional itself).
-    kernel : KernelSpec
+    kernel : DistanceKernel
         Learned kernel.
     normalization : {"joint", "conditional"}, default="joint"
         See the module docstring.
@@ -639,9 +603,10 @@ def objective_and_gradient(
         raise ValueError(f"method must be 'fft', 'exact' or 'sampled', got {method!r}.")
 
     YC = torch.cat([one, Y], dim=1)
-    compiled = method == "exact" and _use_compiled(Y)
+    profile = _use_compiled(Y, kernel) if method == "exact" else None
+    compiled = profile is not None
     if compiled:
-        code, dof, inv2s2 = _cpu_kernels.kernel_code(kernel)
+        code, dof, inv2s2 = profile
         Yn = Y.detach().numpy()
 
         def field(charges=None, want_slope=False):
@@ -652,7 +617,7 @@ def objective_and_gradient(
         uniform_pull = None  # sum_j g_ij (y_i - y_j), needed by debiasing
         if compiled:
             S_w, rep, uniform_pull = field(want_slope=alpha > 0)
-        elif method == "exact" and kernel.kind == "student" and kernel.dof == 1.0:
+        elif method == "exact" and _is_cauchy(kernel):
             S_w, S_wg = _exact_cauchy_sums(Y, YC)
             S_w = S_w - w0
         elif method == "fft":
@@ -800,17 +765,19 @@ def auto_learning_rate(n_samples, exaggeration, kernel=None):
     exaggeration : float
         Exaggeration of the current phase.
 
-    kernel : KernelSpec, default=None
-        For a Gaussian kernel (SNE), whose attraction is not damped at long range, the rate is
-        ``n sigma^2 / (4 * exaggeration)`` without a floor, which keeps the step below the
+    kernel : DistanceKernel, default=None
+        For a light-tailed kernel such as the Gaussian of SNE, whose attraction is not damped at
+        long range, the rate is ``n sigma^2 / (4 * exaggeration)`` without a floor, which keeps the step below the
         curvature of the attraction.
 
     Returns
     -------
     float
     """
-    if kernel is not None and kernel.kind == "gaussian":
-        return n_samples * kernel.sigma**2 / (4.0 * exaggeration)
+    if kernel is not None and not kernel.heavy_tailed():
+        # sigma^2 of a Gaussian is 1 / (2 g(0)); the same curvature rule for any light tail
+        sigma2 = 1.0 / (2.0 * float(kernel.slope(torch.zeros(1, dtype=torch.float64))))
+        return n_samples * sigma2 / (4.0 * exaggeration)
     return max(n_samples / (4.0 * exaggeration), 50.0)
 
 
@@ -839,7 +806,7 @@ def optimize(
         Initial embedding; updated in place.
     aff : SparseAffinity
         Supervisory affinities (see :func:`objective_and_gradient`).
-    kernel : KernelSpec
+    kernel : DistanceKernel
         Learned kernel.
     phases : list of dict
         Each with ``n_iter``, ``exaggeration``, ``momentum`` and ``learning_rate`` (float or
@@ -924,7 +891,7 @@ def embed_new_points(
         Reference neighbours of each new point.
     p_rows : torch.Tensor of shape (m, k)
         Supervisory probabilities over those neighbours (rows sum to one).
-    kernel : KernelSpec
+    kernel : DistanceKernel
         Learned kernel.
     method : {"fft", "exact"}, default="fft"
         Repulsion evaluation; ``"fft"`` needs d in {1, 2}.

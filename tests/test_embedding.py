@@ -37,9 +37,9 @@ def _blobs(n=90, seed=0):
 # engine: gradients and loss values against autograd and icon_loss
 # ------------------------------------------------------------------------------------------------
 KERNELS = [
-    _tsne.KernelSpec("student", dof=1.0),
-    _tsne.KernelSpec("student", dof=0.6),
-    _tsne.KernelSpec("gaussian", sigma=1.3),
+    StudentT(dof=1.0),
+    StudentT(dof=0.6),
+    Gaussian(sigma=1.3),
 ]
 
 
@@ -77,9 +77,9 @@ def test_conditional_gradient_and_loss_match_icon_loss(kernel, alpha):
     aff.cond = _tsne.SparseAffinity(Pc, "cpu", torch.float64)
     Y = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2
     Yr = Y.clone().requires_grad_()
-    # the learned q of Table 1 through the foundation kernels
-    q = StudentT(dof=kernel.dof) if kernel.kind == "student" else Gaussian(sigma=kernel.sigma)
-    log_q = q.log_prob(Yr)
+    # the learned q of Table 1 through the kernel's own log_prob (autograd), against the engine's
+    # closed-form gradient from the same formula
+    log_q = kernel.log_prob(Yr)
     P = torch.tensor(Pc.toarray())
     P = (1 - alpha) * P + alpha / (n - 1) * (~torch.eye(n, dtype=torch.bool))
     ref = icon_loss(P, log_q)
@@ -96,7 +96,7 @@ def test_fft_kernel_sums_match_exact(dim):
     gen = torch.Generator().manual_seed(0)
     Y = torch.randn(400, dim, dtype=torch.float64, generator=gen) * 5
     charges = torch.cat([torch.ones(400, 1, dtype=torch.float64), Y], dim=1)
-    k = _tsne.KernelSpec()
+    k = StudentT()
     for fn in (k.weight, k.weight_slope):
         exact = _tsne.exact_kernel_sums(Y, fn, charges)
         # default grid (intervals of width <= 2, three nodes each): about 1 % max error
@@ -110,7 +110,7 @@ def test_sampled_kernel_sums_are_unbiased():
     gen = torch.Generator().manual_seed(0)
     Y = torch.randn(60, 3, dtype=torch.float64, generator=gen)
     charges = torch.ones(60, 1, dtype=torch.float64)
-    fn = _tsne.KernelSpec().weight
+    fn = StudentT().weight
     exact = _tsne.exact_kernel_sums(Y, fn, charges)
     est = torch.stack(
         [_tsne.sampled_kernel_sums(Y, fn, charges, n_negatives=10, generator=gen) for _ in range(400)]
@@ -131,7 +131,7 @@ def test_perplexity_affinities_reach_the_target():
 
 def test_grid_handles_coincident_points():
     Y = torch.zeros(50, 2)
-    s = _tsne.fft_kernel_sums(Y, _tsne.KernelSpec().weight, torch.ones(50, 1))
+    s = _tsne.fft_kernel_sums(Y, StudentT().weight, torch.ones(50, 1))
     assert torch.isfinite(s).all()
     np.testing.assert_allclose(s.numpy(), 50.0, rtol=1e-4)
 

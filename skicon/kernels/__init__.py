@@ -6,12 +6,13 @@ and as the learned distribution ``q`` (on representations, differentiably in tor
 
 from ._base import Kernel, normalize_rows, restrict
 from ._cluster import ClusterKernel, Prototypes
-from ._distance import Cosine, DotProduct, Gaussian, StudentT, pairwise_sqdist
+from ._distance import Cosine, DistanceKernel, DotProduct, Gaussian, StudentT, pairwise_sqdist
 from ._supervisory import Graph, Identity, Labels, UniformKNN, Views, same_group_block
 from ._transforms import Debiased, Exaggerated, Propagated, Symmetrized
 
 __all__ = [
     "Kernel",
+    "DistanceKernel",
     "Gaussian",
     "StudentT",
     "Cosine",

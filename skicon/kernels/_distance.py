@@ -15,7 +15,7 @@ from .._utils import as_tensor
 from ..neighbors import knn_graph, perplexity_betas
 from ._base import Kernel, normalize_rows
 
-__all__ = ["Gaussian", "StudentT", "Cosine", "DotProduct", "pairwise_sqdist"]
+__all__ = ["DistanceKernel", "Gaussian", "StudentT", "Cosine", "DotProduct", "pairwise_sqdist"]
 
 
 def pairwise_sqdist(Z, C=None):
@@ -126,7 +126,138 @@ class _PairwiseKernel(Kernel):
         raise NotImplementedError
 
 
-class Gaussian(_PairwiseKernel):
+class DistanceKernel(_PairwiseKernel):
+    """A kernel that is a function of the squared Euclidean distance: ``w_ij = f(||z_i - z_j||^2)``.
+
+    Each subclass writes its formula once, in :meth:`log_weight`; everything else derives
+    from it: the learned use (:meth:`log_weights` on a batch), the supervisory use on data, the
+    scalable t-SNE engine (attraction over the sparse ``p``, exact / FFT-grid / sampled
+    repulsion, new points in ``transform``), all of which need only the weight, its log and
+    its slope as functions of ``d2``. A subclass may override :meth:`weight` and :meth:`slope`
+    with closed forms for speed; by default they are ``exp(log_weight)`` and an autograd
+    derivative. :meth:`compiled_profile` names the compiled CPU loop that evaluates the same
+    formula, when there is one (see :mod:`skicon._cpu_kernels`); kernels without one run the
+    torch code of the engine on every device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import DistanceKernel
+    >>> class Laplacian(DistanceKernel):
+    ...     # w = exp(-||z_i - z_j|| / scale): one formula, usable by every path
+    ...     def __init__(self, scale=1.0, *, n_neighbors="auto", include_self=False):
+    ...         self.scale = scale
+    ...         self.n_neighbors = n_neighbors
+    ...         self.include_self = include_self
+    ...     def log_weight(self, d2):
+    ...         return -torch.sqrt(d2 + 1e-12) / self.scale
+    >>> k = Laplacian(scale=2.0)
+    >>> round(float(k.slope(torch.tensor([4.0]))), 4)  # -d log w / d(d^2) = 1 / (2 scale d)
+    0.125
+    """
+
+    def log_weight(self, d2):
+        """Log of the unnormalised affinity as a function of the squared distance.
+
+        Parameters
+        ----------
+        d2 : torch.Tensor
+            Squared Euclidean distances (any shape).
+
+        Returns
+        -------
+        torch.Tensor
+            ``log w(d2)``, same shape.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define log_weight(d2).")
+
+    def weight(self, d2):
+        """Unnormalised affinity ``w(d2)`` (``exp(log_weight(d2))`` unless overridden).
+
+        Parameters
+        ----------
+        d2 : torch.Tensor
+            Squared distances.
+
+        Returns
+        -------
+        torch.Tensor
+            ``w(d2)``.
+        """
+        return torch.exp(self.log_weight(d2))
+
+    def slope(self, d2):
+        """``g(d2) = -d log w / d(d2)``, so that the gradient of ``-log w_ij`` in ``z_i`` is ``2 g (z_i - z_j)``.
+
+        The default differentiates :meth:`log_weight` with autograd.
+
+        Parameters
+        ----------
+        d2 : torch.Tensor
+            Squared distances.
+
+        Returns
+        -------
+        torch.Tensor
+            The slope, same shape.
+        """
+        with torch.enable_grad():
+            x = d2.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.log_weight(x).sum(), x)
+        return -grad
+
+    def weight_slope(self, d2):
+        """``w(d2) g(d2)``: the kernel of the repulsive force.
+
+        Parameters
+        ----------
+        d2 : torch.Tensor
+            Squared distances.
+
+        Returns
+        -------
+        torch.Tensor
+            ``w g``, same shape.
+        """
+        return self.weight(d2) * self.slope(d2)
+
+    def heavy_tailed(self):
+        """Whether the slope decays with distance (Student-t) rather than staying flat (Gaussian).
+
+        The engine uses it to choose float32 (heavy tails do not underflow) and the learning-rate
+        rule. Measured on the formula itself: the slope at ``d2 = 1e4`` against ``d2 = 0``.
+
+        Returns
+        -------
+        bool
+        """
+        d2 = torch.tensor([0.0, 1e4], dtype=torch.float64)
+        g = self.slope(d2)
+        return bool(g[1] < 0.5 * g[0])
+
+    def compiled_profile(self):
+        """``(code, dof, inv2s2)`` of the compiled CPU loop evaluating this formula, or None.
+
+        Returns
+        -------
+        tuple or None
+            None: the engine runs its torch code for this kernel.
+        """
+        return None
+
+    def _validate(self):
+        """Check the kernel's own parameters (called before use)."""
+
+    def log_weights(self, Z, Z_cand=None):
+        self._validate()
+        return self.log_weight(pairwise_sqdist(Z, Z_cand))
+
+    def _pair_log_weights(self, A, B):
+        self._validate()
+        return self.log_weight(((A - B) ** 2).sum(dim=1))
+
+
+class Gaussian(DistanceKernel):
     """Gaussian neighbourhoods: p(j|i) ∝ exp(-||x_i - x_j||^2 / (2 sigma_i^2)).
 
     With ``perplexity`` set (supervisory use), each sigma_i is calibrated by bisection so that
@@ -164,12 +295,18 @@ class Gaussian(_PairwiseKernel):
         _check_positive(self.sigma, "sigma")
         _check_positive(self.perplexity, "perplexity", allow_none=True)
 
-    def log_weights(self, Z, Z_cand=None):
-        self._validate()
-        return -pairwise_sqdist(Z, Z_cand) / (2.0 * self.sigma**2)
+    def log_weight(self, d2):
+        return -d2 / (2.0 * self.sigma**2)
 
-    def _pair_log_weights(self, A, B):
-        return -((A - B) ** 2).sum(dim=1) / (2.0 * self.sigma**2)
+    def slope(self, d2):
+        return torch.full_like(d2, 1.0 / (2.0 * self.sigma**2))
+
+    def heavy_tailed(self):
+        return False
+
+    def compiled_profile(self):
+        self._validate()
+        return (2, 1.0, 1.0 / (2.0 * self.sigma**2))
 
     def _conditional_log_weights(self, X, rows, cols, distances, n):
         self._validate()
@@ -186,7 +323,7 @@ class Gaussian(_PairwiseKernel):
                 ]
             )
         if self.perplexity is None:
-            return -sq / (2.0 * self.sigma**2)
+            return self.log_weight(torch.as_tensor(sq)).numpy()
         m = len(rows) // n
         sq_rows = sq.reshape(n, m)
         if self.perplexity > m:
@@ -201,7 +338,7 @@ class Gaussian(_PairwiseKernel):
         return np.zeros(n)
 
 
-class StudentT(_PairwiseKernel):
+class StudentT(DistanceKernel):
     """Student-t neighbourhoods: w_ij = (1 + ||z_i - z_j||^2 / dof)^(-(dof + 1) / 2).
 
     ``dof=1`` is the Cauchy kernel of t-SNE, ``(1 + d^2)^-1``; large ``dof`` tends to a Gaussian.
@@ -229,15 +366,26 @@ class StudentT(_PairwiseKernel):
         self.n_neighbors = n_neighbors
         self.include_self = include_self
 
-    def _from_sq(self, sq):
+    def _validate(self):
         _check_positive(self.dof, "dof")
-        return -(self.dof + 1.0) / 2.0 * torch.log1p(sq / self.dof)
 
-    def log_weights(self, Z, Z_cand=None):
-        return self._from_sq(pairwise_sqdist(Z, Z_cand))
+    def log_weight(self, d2):
+        return -(self.dof + 1.0) / 2.0 * torch.log1p(d2 / self.dof)
 
-    def _pair_log_weights(self, A, B):
-        return self._from_sq(((A - B) ** 2).sum(dim=1))
+    def weight(self, d2):
+        if self.dof == 1.0:
+            return 1.0 / (1.0 + d2)
+        return torch.pow(1.0 + d2 / self.dof, -(self.dof + 1.0) / 2.0)
+
+    def slope(self, d2):
+        return (self.dof + 1.0) / (2.0 * self.dof) / (1.0 + d2 / self.dof)
+
+    def heavy_tailed(self):
+        return True
+
+    def compiled_profile(self):
+        self._validate()
+        return (0, 1.0, 0.0) if self.dof == 1.0 else (1, float(self.dof), 0.0)
 
 
 class Cosine(_PairwiseKernel):
