@@ -1,20 +1,106 @@
-"""A small minibatch training loop for I-Con objectives.
+"""The one optimisation loop of skicon, its optimisers and its batch samplers.
 
-The loop is split into short overridable steps (``make_optimizer``, ``sample_batch``,
-``compute_loss``, ``step``, ``update_teacher``) so that estimators change one step, not the loop.
+Every estimator trains through :class:`Trainer`: the t-SNE engine (analytic gradients, the
+gains optimiser, early-exaggeration phases), parametric embeddings, the exact dense path
+(LBFGS), the k-means relaxation, clustering heads, contrastive encoders and classifiers. One
+iteration is one optimiser step; callbacks, ``n_iter_``, ``loss_curve_`` and the progress bar
+mean the same thing in every estimator.
+
+The step is a closure (as ``torch.optim.Optimizer.step(closure)`` expects): it zeroes the
+gradients, evaluates the objective and back-propagates when the loss carries an autograd graph.
+Objectives with closed-form gradients (the t-SNE engine) write ``.grad`` themselves and return
+a plain loss. Behaviour is changed by small overridable methods (``make_optimizer``,
+``sample_batch``, ``compute_loss``, ``update_teacher``) or by callbacks, not by new loops.
 """
 
 import copy
 import math
+import time
 
 import numpy as np
 import torch
 
 from ._utils import torch_generator
 
-__all__ = ["Trainer", "check_callbacks", "ConvergenceStop"]
+__all__ = ["Trainer", "GainsSGD", "RowSampler", "check_callbacks", "ConvergenceStop", "batched_forward"]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+class GainsSGD(torch.optim.Optimizer):
+    """Gradient descent with momentum and per-coordinate gains (delta-bar-delta), as in t-SNE.
+
+    The gain of a coordinate grows by 0.2 while its gradient keeps opposing the last update and
+    shrinks by a factor 0.8 when it flips; each point's update is capped in length and the
+    embedding is re-centred after the step (the loss is translation invariant).
+
+    Parameters
+    ----------
+    params : iterable of torch.Tensor
+        The embedding (one (n, d) tensor).
+    lr : float
+        Learning rate.
+    momentum : float, default=0.8
+        Momentum of the update.
+    min_gain : float, default=0.01
+        Floor of the gains.
+    max_step_norm : float or None, default=5.0
+        Per-point cap on the length of one update.
+    recenter : bool, default=True
+        Subtract the mean after each step.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Y = torch.zeros(3, 2, requires_grad=True)
+    >>> opt = GainsSGD([Y], lr=1.0, recenter=False)
+    >>> Y.grad = torch.ones(3, 2)
+    >>> _ = opt.step()
+    >>> Y.detach()[0]  # first step: gains shrink to 0.8
+    tensor([-0.8000, -0.8000])
+    """
+
+    def __init__(self, params, lr, momentum=0.8, min_gain=0.01, max_step_norm=5.0, recenter=True):
+        defaults = dict(lr=lr, momentum=momentum, min_gain=min_gain, max_step_norm=max_step_norm, recenter=recenter)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Apply one update from the gradients (evaluating ``closure`` first when given)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for Y in group["params"]:
+                if Y.grad is None:
+                    continue
+                grad = Y.grad
+                state = self.state[Y]
+                if not state:
+                    state["update"] = torch.zeros_like(Y)
+                    state["gains"] = torch.ones_like(Y)
+                update, gains = state["update"], state["gains"]
+                same = (update * grad) >= 0
+                gains = torch.where(same, gains * 0.8, gains + 0.2).clamp_(min=group["min_gain"])
+                state["gains"] = gains
+                update.mul_(group["momentum"]).sub_(group["lr"] * gains * grad)
+                if group["max_step_norm"] is not None:
+                    norm = update.norm(dim=1, keepdim=True)
+                    update.mul_(torch.clamp(group["max_step_norm"] / norm.clamp_min(1e-12), max=1.0))
+                Y.add_(update)
+                if group["recenter"]:
+                    Y.sub_(Y.mean(dim=0, keepdim=True))
+        return loss
+
+
+#: Optimisers by name. "lbfgs" is the exact full-batch solver (one Trainer iteration is one
+#: LBFGS iteration with a strong-Wolfe line search); "gains" is t-SNE's gradient descent.
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "lbfgs": torch.optim.LBFGS,
+    "gains": GainsSGD,
+}
 
 
 def check_callbacks(callbacks):
@@ -56,7 +142,7 @@ class ConvergenceStop:
     Examples
     --------
     >>> stop = ConvergenceStop(patience=2, tol=0.0)
-    >>> [stop(i, loss, None) for i, loss in enumerate([3.0, 2.0, 2.0, 2.0])]
+    >>> [stop(i, loss, None) for i, loss in enumerate([3.0, 2.0, 2.0, 2.0], start=1)]
     [False, False, False, True]
     """
 
@@ -75,40 +161,122 @@ class ConvergenceStop:
         return self._since >= self.patience
 
 
+class RowSampler:
+    """Draw one column per row from a sparse row-stochastic matrix (inverse-CDF sampling).
+
+    The one sampler of positives: neighbour positives of clustering and contrastive learning.
+    A binary search within each anchor's own row, vectorised over the anchors: searching the
+    whole cumulative array at once is twice as slow at 20,000 points (its random reads over
+    millions of entries miss the cache, where a row has ~100 entries).
+
+    Parameters
+    ----------
+    P : scipy.sparse.csr_matrix of shape (n, m)
+        Non-negative weights; rows need not be normalised.
+    random_state : int, RandomState instance or None
+        Source of the draws (numpy).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> s = RowSampler(sp.csr_matrix([[0, 1.0, 0], [0.0, 0, 0], [1, 0, 0]]), 0)
+    >>> s.sample([0, 2]).tolist(), s.empty.tolist()
+    ([1, 0], [False, True, False])
+    """
+
+    def __init__(self, P, random_state=None):
+        import scipy.sparse as sp
+        from sklearn.utils import check_random_state
+
+        P = sp.csr_matrix(P)
+        self.indices = P.indices
+        self.rng = check_random_state(random_state)
+        self.cum = np.cumsum(P.data, dtype=np.float64)
+        starts = np.concatenate([[0.0], self.cum])
+        self.first = P.indptr[:-1].astype(np.int64)
+        self.last = P.indptr[1:].astype(np.int64) - 1
+        self.empty = self.last < self.first
+        self.low = starts[self.first]
+        self.high = starts[np.maximum(self.last, self.first - 1) + 1]
+
+    def sample(self, rows):
+        """One column per row, drawn with probability proportional to the row's weights.
+
+        Rows without any entry (see ``empty``) return -1.
+
+        Parameters
+        ----------
+        rows : array-like of int
+            Anchor rows.
+
+        Returns
+        -------
+        ndarray of int64
+            The drawn columns.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        low = self.low[rows]
+        u = low + self.rng.random_sample(len(rows)) * (self.high[rows] - low)
+        lo, hi = self.first[rows], np.maximum(self.last[rows], self.first[rows])
+        # Smallest position in [first, last] whose cumulative weight exceeds u (last if none,
+        # which only rounding can cause).
+        while (lo < hi).any():
+            mid = (lo + hi) >> 1
+            right = self.cum[mid] <= u
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(right, hi, mid)
+        out = np.full(len(rows), -1, dtype=np.int64)
+        ok = ~self.empty[rows]
+        out[ok] = self.indices[lo[ok]]
+        return out
+
+
 class Trainer:
-    """Minibatch optimiser of an I-Con loss over a module.
+    """The optimisation loop shared by every estimator.
 
     Parameters
     ----------
     module : torch.nn.Module
-        The mapper being trained (already on ``device``).
-    loss_fn : callable
-        ``loss_fn(module, batch_index, teacher) -> torch scalar``; ``teacher`` is the EMA copy of
-        the module (or the module itself when ``ema`` is None).
-    n_samples : int
-        Size of the training set the batches are drawn from.
-    batch_size : int
-        Anchors per batch (clipped to ``n_samples``).
+        What is trained (a mapper, a :class:`~skicon.mappers.Table` holding an embedding, ...),
+        already on ``device``.
+    objective : callable
+        ``objective(module, batch, teacher) -> torch scalar``; ``batch`` comes from
+        :meth:`sample_batch` (None for full-batch training) and ``teacher`` is the EMA copy of the
+        module (the module itself without ``ema``). When the loss has an autograd graph the
+        trainer back-propagates it; otherwise the objective has written the gradients itself.
     n_steps : int
-        Number of optimisation steps.
+        Iterations (optimiser steps) to run, the sum of the phases' lengths when ``phases`` is
+        given.
+    n_samples : int, default=None
+        Size of the training set the batches are drawn from; None for full-batch training.
+    batch_size : int, default=None
+        Anchors per batch (clipped to ``n_samples``).
+    optimizer : {"adam", "adamw", "sgd", "lbfgs", "gains"}, default="adam"
+        Optimiser (see :data:`OPTIMIZERS`).
     learning_rate : float, default=1e-3
         Initial learning rate.
-    optimizer : {"adam", "adamw", "sgd"}, default="adam"
-        Optimiser.
     weight_decay : float, default=0.0
-        Weight decay.
+        Weight decay (adam, adamw, sgd).
+    optimizer_options : dict, default=None
+        Extra keyword arguments of the optimiser (e.g. LBFGS's ``history_size``).
     schedule : {"constant", "cosine"}, default="constant"
         Learning-rate schedule over ``n_steps``.
+    phases : list of dict, default=None
+        Consecutive phases, each ``{"n_steps": k, "optimizer": {...}, ...}``: at the start of a
+        phase its ``"optimizer"`` entries are written into the optimiser's parameter groups
+        (e.g. ``lr``, ``momentum``), and the whole dict is :attr:`phase` for the objective to
+        read (e.g. t-SNE's ``exaggeration``).
     ema : float or None, default=None
-        Momentum of an exponential-moving-average teacher (e.g. 0.99), or None for no teacher.
+        Momentum of an exponential-moving-average teacher (e.g. 0.99), or None.
     device : torch.device, default="cpu"
         Device of the batches.
     random_state : int, RandomState instance or None, default=None
         Seed of the batch order.
     callbacks : list of callables, default=()
-        ``cb(iteration, loss, estimator) -> bool``; truthy stops.
+        ``cb(iteration, loss, estimator) -> bool`` after every iteration, with the number of
+        iterations done (1-based) and that iteration's loss; a truthy return stops training.
     verbose : bool or int, default=False
-        Show a tqdm progress bar.
+        Show a progress bar with the loss, and a one-line summary at the end.
     estimator : object, default=None
         Passed to callbacks.
     desc : str, default="skicon"
@@ -118,15 +286,17 @@ class Trainer:
     def __init__(
         self,
         module,
-        loss_fn,
+        objective,
         *,
-        n_samples,
-        batch_size,
         n_steps,
-        learning_rate=1e-3,
+        n_samples=None,
+        batch_size=None,
         optimizer="adam",
+        learning_rate=1e-3,
         weight_decay=0.0,
+        optimizer_options=None,
         schedule="constant",
+        phases=None,
         ema=None,
         device="cpu",
         random_state=None,
@@ -136,14 +306,16 @@ class Trainer:
         desc="skicon",
     ):
         self.module = module
-        self.loss_fn = loss_fn
-        self.n_samples = int(n_samples)
-        self.batch_size = max(1, min(int(batch_size), self.n_samples))
+        self.objective = objective
+        self.n_samples = None if n_samples is None else int(n_samples)
+        self.batch_size = None if n_samples is None else max(1, min(int(batch_size or n_samples), self.n_samples))
         self.n_steps = int(n_steps)
-        self.learning_rate = learning_rate
         self.optimizer = optimizer
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.optimizer_options = dict(optimizer_options or {})
         self.schedule = schedule
+        self.phases = list(phases) if phases else [{"n_steps": self.n_steps}]
         self.ema = ema
         self.device = torch.device(device)
         self.generator = torch_generator(random_state)
@@ -153,6 +325,7 @@ class Trainer:
         self.desc = desc
         self.history = []
         self.n_iter = 0
+        self.phase = self.phases[0]
         self._order = None
         self._cursor = 0
 
@@ -162,13 +335,15 @@ class Trainer:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
         params = [p for p in self.module.parameters() if p.requires_grad]
-        kwargs = {}
+        kwargs = dict(self.optimizer_options)
+        if self.optimizer in ("adam", "adamw", "sgd"):
+            kwargs.setdefault("weight_decay", self.weight_decay)
         if self.optimizer in ("adam", "adamw") and all(
                 p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
             # One fused kernel per step instead of a dozen small ops per tensor: 0.06 ms against
             # 0.22 ms per step for a clustering head's four tensors on CPU.
-            kwargs["fused"] = True
-        opt = OPTIMIZERS[self.optimizer](params, lr=self.learning_rate, weight_decay=self.weight_decay, **kwargs)
+            kwargs.setdefault("fused", True)
+        opt = OPTIMIZERS[self.optimizer](params, lr=self.learning_rate, **kwargs)
         if self.schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.n_steps))
         elif self.schedule == "constant":
@@ -178,7 +353,9 @@ class Trainer:
         return opt, sched
 
     def sample_batch(self):
-        """Next batch of anchor indices: epochs of a seeded random permutation."""
+        """Next batch of anchor indices (epochs of a seeded permutation), or None for full batch."""
+        if self.n_samples is None:
+            return None
         if self._order is None or self._cursor + self.batch_size > self.n_samples:
             self._order = torch.randperm(self.n_samples, generator=self.generator)
             self._cursor = 0
@@ -188,23 +365,35 @@ class Trainer:
 
     def compute_loss(self, batch):
         """Loss of one batch."""
-        return self.loss_fn(self.module, batch, self.teacher)
+        return self.objective(self.module, batch, self.teacher)
+
+    def _check_finite(self, loss):
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"{self.desc} diverged: the I-Con loss became {value} at iteration {self.n_iter + 1}. "
+                "Lower learning_rate, standardise the input, or add debiasing (alpha > 0)."
+            )
 
     def step(self, batch):
-        """One optimisation step; returns the loss as a float."""
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.compute_loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The I-Con loss became {float(loss.detach())} at iteration {self.n_iter}; lower learning_rate, "
-                "standardise the input, or add debiasing (alpha > 0)."
-            )
-        loss.backward()
-        self.opt.step()
+        """One optimisation step (the closure may run several times, e.g. in LBFGS); returns the loss."""
+
+        def closure():
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.compute_loss(batch)
+            self._check_finite(loss)
+            if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                loss.backward()
+            return loss
+
+        loss = self.opt.step(closure)
+        for p in self.module.parameters():
+            if p.grad is not None and not torch.isfinite(p).all():
+                self._check_finite(float("nan"))
         if self.sched is not None:
             self.sched.step()
         self.update_teacher()
-        return float(loss.detach())
+        return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
     @torch.no_grad()
     def update_teacher(self):
@@ -216,40 +405,58 @@ class Trainer:
         for t, s in zip(self.teacher.buffers(), self.module.buffers()):
             t.copy_(s)
 
+    def _enter_phase(self, phase):
+        self.phase = phase
+        for group in self.opt.param_groups:
+            group.update(phase.get("optimizer", {}))
+
+    def _make_teacher(self):
+        if self.ema is None:
+            return self.module
+        if not 0.0 <= float(self.ema) < 1.0:
+            raise ValueError(f"ema must be in [0, 1) or None, got {self.ema!r}.")
+        teacher = copy.deepcopy(self.module)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self):
-        """Train for ``n_steps`` or until a callback asks to stop.
+        """Train through the phases, or until a callback asks to stop.
 
         Returns
         -------
         list of float
-            The loss of each step.
+            The loss of each iteration.
         """
         from tqdm.auto import tqdm
 
         self.module.train()
         self.opt, self.sched = self.make_optimizer()
-        if self.ema is not None:
-            if not 0.0 <= float(self.ema) < 1.0:
-                raise ValueError(f"ema must be in [0, 1) or None, got {self.ema!r}.")
-            self.teacher = copy.deepcopy(self.module)
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
-        else:
-            self.teacher = self.module
+        self.teacher = self._make_teacher()
         bar = tqdm(total=self.n_steps, desc=self.desc, disable=not self.verbose, leave=False)
+        start = time.perf_counter()
+        stop = False
         try:
-            for it in range(self.n_steps):
-                loss = self.step(self.sample_batch())
-                self.history.append(loss)
-                self.n_iter = it + 1
-                bar.update(1)
-                if self.verbose and it % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                if any(bool(cb(it, loss, self.estimator)) for cb in self.callbacks):
+            for phase in self.phases:
+                self._enter_phase(phase)
+                for _ in range(int(phase["n_steps"])):
+                    loss = self.step(self.sample_batch())
+                    self.history.append(loss)
+                    self.n_iter += 1
+                    bar.update(1)
+                    if self.verbose and (self.n_iter % 10 == 0 or self.n_iter == 1):
+                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if any([bool(cb(self.n_iter, loss, self.estimator)) for cb in self.callbacks]):
+                        stop = True
+                        break
+                if stop:
                     break
         finally:
             bar.close()
+        if self.verbose and self.history:
+            tqdm.write(f"{self.desc}: {self.n_iter} iterations in {time.perf_counter() - start:.1f} s, "
+                       f"final loss {self.history[-1]:.6g}")
         self.module.eval()
         return self.history
 

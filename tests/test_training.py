@@ -1,8 +1,9 @@
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 
-from skicon._training import ConvergenceStop, Trainer, batched_forward, check_callbacks
+from skicon._training import ConvergenceStop, GainsSGD, RowSampler, Trainer, batched_forward, check_callbacks
 from skicon._utils import resolve_device, seed_from_random_state, torch_generator
 from skicon.mappers import MLP, Table, make_mapper
 
@@ -40,11 +41,12 @@ def test_callback_stops_training():
 
     def stop_at_5(it, loss, est):
         seen.append(it)
-        return it == 4
+        return it == 5
 
     trainer, _ = _trainer(callbacks=[stop_at_5])
     trainer.run()
-    assert trainer.n_iter == 5 and seen == [0, 1, 2, 3, 4]
+    # iterations are counted from 1: the callback sees how many steps are done
+    assert trainer.n_iter == 5 and seen == [1, 2, 3, 4, 5]
 
 
 def test_nan_loss_raises_clear_error():
@@ -65,7 +67,7 @@ def test_ema_teacher_lags_student():
 
 
 def test_bad_optimizer_schedule_ema_and_callbacks():
-    for kw, match in [({"optimizer": "lbfgs"}, "optimizer"), ({"schedule": "zigzag"}, "schedule"),
+    for kw, match in [({"optimizer": "rmsprop"}, "optimizer"), ({"schedule": "zigzag"}, "schedule"),
                       ({"ema": 1.5}, "ema")]:
         trainer, _ = _trainer(**kw)
         with pytest.raises(ValueError, match=match):
@@ -124,3 +126,67 @@ def test_adam_steps_are_fused_on_cpu(optimizer, fused):
     assert bool(opt.defaults.get("fused")) is fused
     trainer.run()
     assert trainer.history[-1] < trainer.history[0]
+
+
+def test_full_batch_lbfgs_counts_one_iteration_per_optimiser_step():
+    # minimise ||w - 3||^2: LBFGS with a line search solves it in a couple of iterations
+    module = Table(torch.zeros(4, 2, dtype=torch.float64))
+    seen = []
+    trainer = Trainer(module, lambda m, b, t: ((m.weight - 3.0) ** 2).sum(), n_steps=5, optimizer="lbfgs",
+                      learning_rate=1.0, optimizer_options={"max_iter": 1, "line_search_fn": "strong_wolfe"},
+                      callbacks=lambda it, loss, est: seen.append(it))
+    history = trainer.run()
+    assert trainer.n_iter == len(history) == 5 and seen == [1, 2, 3, 4, 5]
+    assert history[-1] < 1e-12 < history[0]
+
+
+def test_analytic_gradient_objective_with_phases_and_gains():
+    # an objective that writes its own gradient (as the t-SNE engine does) and reads the phase
+    module = Table(torch.full((5, 2), 4.0, dtype=torch.float64))
+    factors = []
+
+    def objective(m, batch, teacher):
+        factor = trainer.phase["scale"]
+        factors.append(factor)
+        m.weight.grad = factor * m.weight.detach().clone()
+        return torch.as_tensor(0.5 * factor * float((m.weight.detach() ** 2).sum()))
+
+    phases = [{"n_steps": 3, "scale": 2.0, "optimizer": {"momentum": 0.0}},
+              {"n_steps": 4, "scale": 1.0, "optimizer": {"momentum": 0.5}}]
+    trainer = Trainer(module, objective, n_steps=7, optimizer="gains", learning_rate=0.1, phases=phases,
+                      optimizer_options={"recenter": False})
+    history = trainer.run()
+    assert factors == [2.0] * 3 + [1.0] * 4
+    assert trainer.opt.param_groups[0]["momentum"] == 0.5
+    assert len(history) == 7 and history[-1] < history[0]
+
+
+def test_gains_optimizer_grows_gains_against_a_steady_gradient_and_caps_steps():
+    Y = torch.zeros(2, 2, requires_grad=True)
+    opt = GainsSGD([Y], lr=100.0, momentum=0.0, max_step_norm=1.0, recenter=False)
+    for _ in range(3):
+        Y.grad = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+        opt.step()
+    # the first step (no previous update) shrinks the gains to 0.8; where the gradient never
+    # flipped they then grew by 0.2 per step, where it is zero they kept shrinking (0.8^3);
+    # each step was capped to length 1
+    assert torch.allclose(opt.state[Y]["gains"], torch.tensor([[1.2, 0.512], [0.512, 1.2]]))
+    assert torch.allclose(Y.detach(), torch.tensor([[-3.0, 0.0], [0.0, 3.0]]))
+
+
+def test_divergence_names_the_fix():
+    module = Table(torch.ones(3, 1))
+    trainer = Trainer(module, lambda m, b, t: (m.weight ** 2).sum() * 1e300 * 1e300, n_steps=2, desc="Est")
+    with pytest.raises(FloatingPointError, match="Est diverged.*Lower learning_rate"):
+        trainer.run()
+
+
+def test_row_sampler_draws_each_row_in_proportion_and_flags_empty_rows():
+    P = sp.csr_matrix(np.array([[0, 0.25, 0.75], [0, 0, 0], [0.5, 0.5, 0]]))
+    sampler = RowSampler(P, 0)
+    draws = sampler.sample(np.zeros(20000, dtype=int))
+    frac = np.bincount(draws, minlength=3) / len(draws)
+    # binomial standard error at 20,000 draws is about 0.003: 5 sigma
+    assert frac[0] == 0 and abs(frac[1] - 0.25) < 0.016 and abs(frac[2] - 0.75) < 0.016
+    assert sampler.sample([1]).tolist() == [-1] and sampler.empty.tolist() == [False, True, False]
+    assert set(sampler.sample(np.full(1000, 2)).tolist()) == {0, 1}
