@@ -11,7 +11,7 @@ from . import augment, kernels, metrics, neighbors
 from ._clustering import ICONClustering
 from ._contrastive import ICONClassifier, ICONContrastive
 from ._embedding import ICONEmbedding
-from ._loss import icon_loss
+from .objectives import icon_loss
 from ._registry import get_method, list_methods
 from ._show_versions import show_versions
 

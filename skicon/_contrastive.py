@@ -25,7 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
-from ._loss import icon_loss
+from .objectives import icon_loss
 from ._registry import get_method
 from ._training import Trainer, check_callbacks
 from ._utils import resolve_device, seed_from_random_state, torch_generator

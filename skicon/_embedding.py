@@ -26,7 +26,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _cpu_kernels, _tsne
-from ._loss import icon_loss
+from .objectives import icon_loss
 from ._training import check_callbacks
 from ._utils import resolve_device, seed_from_random_state
 from .kernels import DistanceKernel, Gaussian, Identity, Kernel, StudentT

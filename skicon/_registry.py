@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._loss import icon_loss
+from .objectives import icon_loss
 from ._utils import as_tensor
 from .kernels import (
     ClusterKernel,

@@ -9,7 +9,7 @@ from skicon._clustering import (
     ICONClustering, _FusedHeads, _Heads, _PositiveSampler, _pruning_schedule, cluster_kernel_loss,
     probabilistic_kmeans_loss,
 )
-from skicon._loss import icon_loss
+from skicon.objectives import icon_loss
 from skicon.kernels import ClusterKernel, Debiased
 from skicon.mappers import make_mapper
 from skicon.metrics import adjusted_rand_score, hungarian_accuracy

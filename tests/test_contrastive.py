@@ -20,7 +20,7 @@ from skicon._contrastive import (
     positive_pairs_block,
     triplet_block,
 )
-from skicon._loss import icon_loss
+from skicon.objectives import icon_loss
 from skicon.augment import GaussianNoise, RandomTranslation
 from skicon.kernels import Cosine, Debiased, Gaussian, Prototypes, StudentT, UniformKNN
 

@@ -8,7 +8,7 @@ from ._base import Kernel, normalize_rows, restrict
 from ._cluster import ClusterKernel, Prototypes
 from ._distance import Cosine, DistanceKernel, DotProduct, Gaussian, StudentT, pairwise_sqdist
 from ._supervisory import Graph, Identity, Labels, UniformKNN, Views, same_group_block
-from ._transforms import Debiased, Exaggerated, Propagated, Symmetrized
+from ._transforms import Debiased, Exaggerated, Propagated, Symmetrized, debias, debiased_plogp, log_debias
 
 __all__ = [
     "Kernel",
@@ -28,6 +28,9 @@ __all__ = [
     "Propagated",
     "Symmetrized",
     "Exaggerated",
+    "debias",
+    "log_debias",
+    "debiased_plogp",
     "normalize_rows",
     "restrict",
     "pairwise_sqdist",

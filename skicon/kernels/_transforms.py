@@ -4,6 +4,7 @@ Each transform wraps a kernel and is itself a kernel, so transforms compose and 
 parameters are reachable by ``GridSearchCV`` (``p__alpha``, ``p__kernel__n_neighbors``).
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -12,7 +13,109 @@ import torch
 
 from ._base import Kernel, drop_diagonal, normalize_rows
 
-__all__ = ["Debiased", "Propagated", "Symmetrized", "Exaggerated"]
+__all__ = ["Debiased", "Propagated", "Symmetrized", "Exaggerated", "debias", "log_debias", "debiased_plogp"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Debiasing (paper eq. 2), written once: every path (kernel blocks, the t-SNE engine's loss, the
+# cluster loss, contrastive batches) calls these three functions.
+# ---------------------------------------------------------------------------------------------
+def debias(p, alpha, n_candidates):
+    """``(1 - alpha) p + alpha / N``: the debiased distribution on a candidate (paper eq. 2).
+
+    Parameters
+    ----------
+    p : torch.Tensor or ndarray
+        Probabilities of candidates (non-candidates must be masked by the caller).
+    alpha : float in [0, 1)
+        Debiasing weight.
+    n_candidates : float, torch.Tensor or ndarray
+        N, the number of candidates of the row (broadcast against ``p``).
+
+    Returns
+    -------
+    Same type as ``p``.
+
+    Examples
+    --------
+    >>> from skicon.kernels import debias
+    >>> float(debias(1.0, 0.2, 4))
+    0.85
+    """
+    return (1.0 - alpha) * p + alpha / n_candidates
+
+
+def log_debias(log_q, alpha, n_candidates):
+    """``log((1 - alpha) q + alpha / N)`` computed from ``log q`` without leaving log space.
+
+    Parameters
+    ----------
+    log_q : torch.Tensor
+        Log-probabilities of candidates.
+    alpha : float in [0, 1)
+        Debiasing weight.
+    n_candidates : float or torch.Tensor
+        N per row (broadcast against ``log_q``).
+
+    Returns
+    -------
+    torch.Tensor
+        Log of the debiased probabilities (``log_q`` itself when ``alpha == 0``).
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> from skicon.kernels import log_debias
+    >>> round(float(log_debias(torch.tensor(math.log(1.0)), 0.2, 4.0).exp()), 6)
+    0.85
+    """
+    if alpha == 0:
+        return log_q
+    n_candidates = torch.as_tensor(n_candidates, dtype=log_q.dtype, device=log_q.device)
+    return torch.logaddexp(math.log1p(-alpha) + log_q, torch.log(alpha / n_candidates))
+
+
+def debiased_plogp(values, rows, n_rows, n_candidates, alpha):
+    """Per row, ``sum_j p~_ij log p~_ij`` of ``p~ = debias(p, alpha, N)`` for a sparse ``p``.
+
+    The row's ``N`` candidates are its stored entries (``values``) and ``N - nnz_i`` entries of
+    zero probability, each of which becomes ``alpha / N``. This is the constant (negative
+    entropy) part of ``KL(p~ || q)``; it needs O(nnz), never the dense row.
+
+    Parameters
+    ----------
+    values : torch.Tensor of shape (nnz,)
+        Stored probabilities (all positive).
+    rows : torch.Tensor of int64, shape (nnz,)
+        Row of each value.
+    n_rows : int
+        Number of rows.
+    n_candidates : float
+        N, candidates per row (the same for every row).
+    alpha : float in [0, 1)
+        Debiasing weight.
+
+    Returns
+    -------
+    torch.Tensor of shape (n_rows,)
+        ``sum_j p~ log p~`` of each row (rows without stored values count only the uniform part).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skicon.kernels import debiased_plogp
+    >>> out = debiased_plogp(torch.tensor([1.0]), torch.tensor([0]), 1, 2.0, 0.5)
+    >>> bool(torch.isclose(out, torch.tensor(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))[0])
+    True
+    """
+    mixed = debias(values, alpha, n_candidates)
+    out = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, mixed * torch.log(mixed))
+    if alpha > 0:
+        u = alpha / n_candidates
+        nnz = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(
+            0, rows, torch.ones_like(values))
+        out = out + (n_candidates - nnz) * u * math.log(u)
+    return out
 
 
 def _check_kernel(kernel, name="kernel"):
@@ -88,7 +191,7 @@ class Debiased(_Wrapper):
         uniform = candidates.to(p_block.dtype) / n_cand
         # A row without supervisory mass in this block becomes uniform rather than empty.
         has_mass = p_block.sum(dim=1, keepdim=True) > 0
-        mixed = (1.0 - self.alpha) * p_block + self.alpha * uniform
+        mixed = torch.where(candidates, debias(p_block, self.alpha, n_cand), torch.zeros_like(p_block))
         return torch.where(has_mass, mixed, uniform)
 
     def log_prob(self, Z, Z_cand=None, **kwargs):
@@ -99,9 +202,7 @@ class Debiased(_Wrapper):
             return log_q
         candidates = torch.isfinite(log_q)
         n_cand = candidates.sum(dim=1, keepdim=True).clamp_min(1).to(log_q.dtype)
-        log_uniform = torch.log(self.alpha / n_cand).expand_as(log_q)
-        mixed = torch.logaddexp(np.log1p(-self.alpha) + log_q, log_uniform)
-        return torch.where(candidates, mixed, log_q)
+        return torch.where(candidates, log_debias(log_q, self.alpha, n_cand), log_q)
 
 
 class Propagated(_Wrapper):
