@@ -12,7 +12,7 @@ from ._clustering import ICONClustering
 from ._contrastive import ICONClassifier, ICONContrastive
 from ._embedding import ICONEmbedding
 from .objectives import icon_loss
-from ._registry import get_method, list_methods
+from ._registry import get_method, list_methods, resolve_method
 from ._show_versions import show_versions
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "icon_loss",
     "get_method",
     "list_methods",
+    "resolve_method",
     "show_versions",
     "kernels",
     "neighbors",
