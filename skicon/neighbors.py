@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from ._utils import seed_from_random_state
 
-__all__ = ["KNNGraph", "knn_graph", "perplexity_betas", "EXACT_COST_LIMIT"]
+__all__ = ["KNNGraph", "knn_graph", "query_neighbors", "perplexity_betas", "EXACT_COST_LIMIT"]
 
 #: Brute-force search is used while ``n_samples**2 * n_features`` stays below this number of
 #: multiply-adds (about a second or two of BLAS on two cores); pynndescent above it.
@@ -163,6 +163,75 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
     if indices.shape[1] < k:  # happens when n - 1 == k and self was already removed
         raise RuntimeError("neighbour search returned fewer neighbours than requested")
     return KNNGraph(indices.astype(np.int64), distances, metric)
+
+
+def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=None):
+    """The ``n_neighbors`` nearest reference points of each new point, and their distances.
+
+    The one neighbour query for new points (``transform`` and ``predict`` of every estimator).
+    The search is exact (brute force); the returned Euclidean distances are recomputed row by
+    row, elementwise, so that a point's result does not depend on the other rows of ``X_new``
+    (BLAS-based distances differ in the last bits with the batch). Ties between equidistant
+    reference points are broken by the lower index.
+
+    Parameters
+    ----------
+    X_ref : {array-like, sparse matrix} of shape (n_ref, n_features)
+        Reference (training) points.
+    X_new : {array-like, sparse matrix} of shape (n_new, n_features)
+        Query points.
+    n_neighbors : int
+        Neighbours per query; clamped to ``n_ref``.
+    metric : str, default="euclidean"
+        Search metric (scikit-learn's names).
+    n_jobs : int, default=None
+        Parallel jobs of the search.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_new, k), int64
+        Nearest first.
+    distances : ndarray of shape (n_new, k)
+        Distances in ``metric``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skicon.neighbors import query_neighbors
+    >>> idx, dist = query_neighbors(np.arange(5.0)[:, None], np.array([[1.2]]), 2)
+    >>> idx.tolist(), dist.round(2).tolist()
+    ([[1, 2]], [[0.2, 0.8]])
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(int(n_neighbors), X_ref.shape[0]))
+    if k < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}.")
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, n_jobs=n_jobs).fit(X_ref)
+    _, indices = nn.kneighbors(X_new)
+    indices = np.asarray(indices, dtype=np.int64)
+    A = X_new.toarray() if sp.issparse(X_new) else np.asarray(X_new, dtype=np.float64)
+    B = X_ref.toarray() if sp.issparse(X_ref) else np.asarray(X_ref, dtype=np.float64)
+    distances = np.empty(indices.shape)
+    step = max(1, 4_000_000 // max(1, k * A.shape[1]))
+    for s in range(0, A.shape[0], step):
+        a, b = A[s : s + step, None, :], B[indices[s : s + step]]
+        if metric == "euclidean":
+            distances[s : s + step] = np.sqrt(((a - b) ** 2).sum(axis=2))
+        elif metric == "cosine":
+            num = (a * b).sum(axis=2)
+            den = np.sqrt((a * a).sum(axis=2)) * np.sqrt((b * b).sum(axis=2))
+            distances[s : s + step] = 1.0 - np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        else:
+            from sklearn.metrics import pairwise_distances
+
+            for r in range(a.shape[0]):
+                distances[s + r] = pairwise_distances(a[r], b[r], metric=metric)[0]
+    # exact ties first by distance, then by index, independent of the batch
+    order = np.lexsort((indices, distances), axis=-1) if indices.size else indices
+    indices = np.take_along_axis(indices, order, axis=1)
+    distances = np.take_along_axis(distances, order, axis=1)
+    return indices, distances
 
 
 def _row_entropy(sqdist, beta):
