@@ -9,7 +9,8 @@ __version__ = "0.1.0.dev0"
 
 from . import augment, kernels, metrics, neighbors
 from ._clustering import ICONClustering
-from ._contrastive import ICONClassifier, ICONContrastive
+from ._classifier import ICONClassifier
+from ._contrastive import ICONContrastive
 from ._embedding import ICONEmbedding
 from .objectives import icon_loss
 from ._registry import get_method, list_methods, resolve_method

@@ -11,18 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skicon._contrastive import (
-    ICONClassifier,
-    ICONContrastive,
+from skicon import get_method, list_methods
+from skicon._classifier import ICONClassifier
+from skicon._contrastive import ICONContrastive
+from skicon.augment import GaussianNoise, RandomTranslation
+from skicon.kernels import Cosine, Debiased, Gaussian, Labels, Prototypes, StudentT, UniformKNN, debias
+from skicon.objectives import icon_loss
+from skicon.objectives._batch import (
+    PositiveBatches,
+    Scaled,
     contrastive_loss,
     cross_entropy_block,
     debias_block,
     positive_pairs_block,
     triplet_block,
 )
-from skicon.objectives import icon_loss
-from skicon.augment import GaussianNoise, RandomTranslation
-from skicon.kernels import Cosine, Debiased, Gaussian, Prototypes, StudentT, UniformKNN
 
 SMALL = dict(hidden_layer_sizes=(16,), n_components=4, batch_size=32, max_iter=3)
 
@@ -216,15 +219,22 @@ def test_same_sample_copies_are_not_candidates():
 def test_neighbour_partners_are_drawn_from_p():
     import scipy.sparse as sp
 
-    from skicon._contrastive import _RowSampler
+    from skicon._training import RowSampler
 
     P = sp.csr_matrix(np.array([[0, 0.25, 0.75, 0], [1.0, 0, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 0, 0]]))
-    sampler = _RowSampler(P)
-    gen = torch.Generator().manual_seed(0)
-    draws = np.array([sampler.draw(np.array([0, 1, 2, 3]), gen) for _ in range(4000)])
+    batches = PositiveBatches([torch.eye(4, dtype=torch.float64)], None, RowSampler(P, 0), None, False,
+                              torch.Generator().manual_seed(0), 4, False)
+    draws, rows_with_mass = [], []
+    for _ in range(4000):
+        Z, p, nc = batches.points(lambda X, view: X, torch.arange(4))  # Z = one-hot of each sample
+        draws.append(Z[4:].argmax(dim=1).numpy())
+        rows_with_mass.append((p.sum(dim=1) > 0).numpy())
+    draws, rows_with_mass = np.array(draws), np.array(rows_with_mass)
     assert np.mean(draws[:, 0] == 2) == pytest.approx(0.75, abs=0.03)
     assert np.all(draws[:, 1] == 0)
-    assert np.all(draws[:, 2] == 2)  # no neighbour: the row keeps itself (then ignored)
+    # No neighbour: the anchor is paired with a copy of itself, which is no positive (row ignored).
+    assert np.all(draws[:, 2] == 2) and not rows_with_mass[:, [2, 6]].any()
+    assert rows_with_mass[:, [0, 1, 3, 4, 5, 7]].all()
     assert np.mean(draws[:, 3] == 1) == pytest.approx(0.5, abs=0.03)
 
 
@@ -245,8 +255,10 @@ def test_fit_transform_shapes_attributes_and_dtype(digits):
     Z = est.transform(X)
     assert Z.shape == (240, 4) and Z.dtype == np.float64
     assert est.positives_ == "labels"
-    assert len(est.loss_curve_) == est.n_iter_ == 3
-    assert all(np.isfinite(est.loss_curve_))
+    # max_iter counts epochs; n_iter_ counts optimiser steps, loss_curve_ has one loss per step.
+    assert est.n_epochs_ == 3 and len(est.loss_curve_) == est.n_iter_ == 3 * (240 // 32)
+    assert isinstance(est.loss_curve_, np.ndarray) and np.all(np.isfinite(est.loss_curve_))
+    assert np.isfinite(est.loss_) and isinstance(est.p_, Labels) and isinstance(est.q_, Cosine)
     assert est.transform(X.astype(np.float32)).dtype == np.float32
     assert est.transform(X.astype(np.int64)).dtype == np.float64
 
@@ -274,6 +286,7 @@ def test_supcon_training_lowers_loss_and_separates_classes(digits):
     est = ICONContrastive(method="supcon", n_components=8, hidden_layer_sizes=(64,), max_iter=25,
                           batch_size=64, learning_rate=3e-3, random_state=0).fit(X[:160], y[:160])
     assert est.loss_curve_[-1] < est.loss_curve_[0]
+    assert est.loss_ < est.loss_curve_[0]
     Z = est.transform(X)
     acc = KNeighborsClassifier(5).fit(Z[:160], y[:160]).score(Z[160:], y[160:])
     assert acc > 0.85
@@ -326,6 +339,7 @@ def test_groups_batches_keep_groups_together(digits):
     assert est.positives_ == "groups"
     # Group-aware batches: the loss is the InfoNCE loss with positives present (< log(M-1)).
     assert est.loss_curve_[-1] < math.log(2 * 32 - 1)
+    assert est.loss_ < math.log(2 * 32 - 1)  # evaluated in group-sorted blocks of 32
 
 
 def test_views_cmc_two_encoders_and_transform_lists(digits):
@@ -344,12 +358,19 @@ def test_callbacks_stop_training(digits):
     X, y = digits
     seen = []
 
-    def stop_after_two(step, loss, estimator):
-        seen.append(loss)
-        return step >= 1
+    def stop_after_two(iteration, loss, estimator):
+        seen.append((iteration, loss))
+        return iteration >= 2
 
     est = ICONContrastive(method="supcon", callbacks=stop_after_two, random_state=0, **SMALL).fit(X, y)
-    assert est.n_steps_ == 2 and len(seen) == 2
+    # Callbacks run after every optimiser step, 1-based; a truthy return stops training.
+    assert est.n_iter_ == 2 and [it for it, _ in seen] == [1, 2]
+    np.testing.assert_array_equal(est.loss_curve_, [loss for _, loss in seen])
+    assert est.n_epochs_ == pytest.approx(2 / (240 // 32))
+    clf_seen = []
+    clf = ICONClassifier(max_iter=3, batch_size=64, hidden_layer_sizes=(8,), random_state=0,
+                         callbacks=lambda it, loss, est: clf_seen.append(it)).fit(X, y)
+    assert clf_seen == list(range(1, clf.n_iter_ + 1)) and clf.n_iter_ == 3 * (240 // 64) == len(clf.loss_curve_)
 
 
 def test_pickle_roundtrip_gives_same_transform(digits):
@@ -370,6 +391,154 @@ def test_default_score(digits):
     # Without labels: minus a held-out InfoNCE-type loss, deterministic.
     est_u = ICONContrastive(augment=GaussianNoise(), random_state=0, **SMALL).fit(X)
     assert est_u.score(X) == est_u.score(X) < 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry is the source of truth; loss_ is the row's loss
+# ---------------------------------------------------------------------------------------------
+def _fit_inputs(row_name, X, y):
+    """fit arguments that give a row its positives (groups = pairs of consecutive samples)."""
+    groups = np.arange(len(X)) // 2
+    if row_name == "supcon":
+        return (X, y), {}
+    if row_name == "cmc":
+        return ([X[:, :32], X[:, 32:]],), {}
+    return (X,), {"groups": groups}
+
+
+def test_method_accepts_every_row_and_alias_of_the_registry(digits):
+    X, y = digits
+    X, y = X[:60], y[:60]
+    rows = list_methods("ICONContrastive")
+    assert {r.name for r in rows} == {"infonce", "tsimclr", "triplet", "supcon", "cmc"}
+    for row in rows:
+        for name in (row.name, *row.aliases):
+            args, kw = _fit_inputs(row.name, X, y)
+            est = ICONContrastive(method=name, random_state=0, **{**SMALL, "max_iter": 1}).fit(*args, **kw)
+            assert est._plan.method == row.name
+            assert type(est.q_) is type(row.make_q()) and est.q_.get_params() == row.make_q().get_params()
+    assert [r.name for r in list_methods("ICONClassifier")] == ["cross_entropy"]
+    clf = ICONClassifier(method="cross_entropy", max_iter=1, hidden_layer_sizes=(8,)).fit(X, y)
+    assert clf.q_.get_params() == get_method("cross_entropy").make_q().get_params()
+    with pytest.raises(ValueError, match="method"):
+        ICONClassifier(method="supcon").fit(X, y)
+    with pytest.raises(ValueError, match="method"):
+        ICONContrastive(method="cross_entropy").fit(X, y)
+
+
+LOSS_CASES = {
+    "supcon": dict(method="supcon"),
+    "supcon-debiased": dict(method="supcon", alpha=0.3),
+    "infonce-groups": dict(method="infonce"),
+    "infonce-learned-temperature": dict(method="infonce", learn_temperature=True, learning_rate=1e-2),
+    "tsimclr-groups": dict(method="tsimclr", dof=2.0),
+    "cmc-views": dict(method="cmc"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_loss_is_the_row_loss_of_the_learned_representation(digits, case):
+    """With one batch holding every sample, loss_ equals row.loss(X, Z_train, p=p_, q=q_)."""
+    X, y = digits
+    X, y = X[:40], y[:40]
+    kwargs = LOSS_CASES[case]
+    row = get_method(kwargs["method"])
+    args, fit_kw = _fit_inputs(row.name, X, y)
+    fit_params = {**SMALL, "batch_size": 128, "max_iter": 30, "learning_rate": 1e-2, **kwargs}
+    est = ICONContrastive(random_state=0, **fit_params).fit(*args, **fit_kw)
+    if row.name == "cmc":
+        Z = np.vstack(est.transform(args[0]))
+        context = dict(groups=np.r_[np.arange(40), np.arange(40)], views=np.repeat([0, 1], 40))
+    else:
+        Z = est.transform(X)
+        context = dict(y=y) if row.name == "supcon" else dict(groups=fit_kw["groups"])
+    expected = float(row.loss(np.zeros((len(Z), 1)), Z, p=est.p_, q=est.q_, **context))
+    assert est.loss_ == pytest.approx(expected, rel=1e-5)
+    wrong = float(row.loss(np.zeros((len(Z), 1)), np.random.RandomState(0).randn(*Z.shape), p=est.p_, q=est.q_, **context))
+    assert abs(wrong - expected) > 1e-3 * abs(expected)  # the comparison can fail
+    if kwargs.get("learn_temperature"):
+        assert isinstance(est.q_, Scaled) and est.q_.log_scale == float(est.module_.log_scale.detach())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_classifier_loss_is_the_cross_entropy_row_loss(digits, alpha):
+    X, y = digits
+    X, y = X[:40], y[:40]
+    clf = ICONClassifier(alpha=alpha, batch_size=128, max_iter=3, hidden_layer_sizes=(16,), random_state=0).fit(X, y)
+    W = clf.module_.prototypes.detach().double()
+    expected = float(get_method("cross_entropy").loss(X, clf.transform(X), y=y, prototypes=W, p=clf.p_, q=clf.q_))
+    assert clf.loss_ == pytest.approx(expected, rel=1e-5)
+    assert isinstance(clf.p_, Debiased if alpha else Prototypes)
+
+
+def test_triplet_loss_is_the_row_loss_given_the_drawn_negatives(digits):
+    """Triplet draws one negative per anchor; loss_ uses the draws of seed 0, and the row's loss
+    with those (anchor, positive, negative) triplets as ``exclude`` gives it exactly."""
+    X, _ = digits
+    X = X[:40]
+    groups = np.arange(40) // 2
+    est = ICONContrastive(method="triplet", random_state=0, **{**SMALL, "batch_size": 128}).fit(X, groups=groups)
+    p, nc = positive_pairs_block(torch.as_tensor(groups))
+    _, nc_t = triplet_block(p, nc, torch.Generator().manual_seed(0))
+    row = get_method("triplet")
+    expected = float(row.loss(X, est.transform(X), groups=groups, exclude=nc_t, q=est.q_))
+    assert est.loss_ == pytest.approx(expected, rel=1e-5)
+    other = triplet_block(p, nc, torch.Generator().manual_seed(1))[1]
+    assert float(row.loss(X, est.transform(X), groups=groups, exclude=other, q=est.q_)) != pytest.approx(expected)
+
+
+def test_loss_is_deterministic_and_score_is_minus_the_undebiased_loss(digits):
+    X, _ = digits
+    groups = np.arange(240) // 2
+    est = ICONContrastive(random_state=0, **SMALL).fit(X, groups=groups)  # 240 samples: 8 blocks
+    assert est.score(X, groups=groups) == pytest.approx(-est.loss_, rel=1e-12)
+    aug = ICONContrastive(augment=GaussianNoise(std=0.2), random_state=0, **SMALL).fit(X)
+    assert aug.loss_ == pytest.approx(aug._evaluate(aug._make_batcher(
+        [torch.as_tensor(X * aug.input_scale_)], None, None, None, seed=0), 0.0), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fit_y, match",
+    [
+        (dict(q=StudentT(), temperature=0.3), True, "temperature"),
+        (dict(q=StudentT(), dof=3.0), True, "dof"),
+        (dict(method="tsimclr", temperature=0.3, augment=GaussianNoise()), False, "temperature"),
+        (dict(method="supcon", dof=3.0), True, "dof"),
+        (dict(p=UniformKNN(5), positives="labels"), True, "p is only used"),
+    ],
+    ids=["q-and-temperature", "q-and-dof", "tsimclr-temperature", "supcon-dof", "p-with-labels"],
+)
+def test_parameters_that_would_be_ignored_are_rejected(digits, kwargs, fit_y, match):
+    X, y = digits
+    with pytest.raises(ValueError, match=match):
+        ICONContrastive(**{**SMALL, **kwargs}).fit(X, y if fit_y else None)
+
+
+def test_debiased_supervisory_kernel_debiases_the_batches(digits):
+    X, _ = digits
+    kw = dict(random_state=0, **SMALL)
+    via_p = ICONContrastive(p=Debiased(UniformKNN(5), alpha=0.5), **kw).fit(X)
+    via_alpha = ICONContrastive(p=UniformKNN(5), alpha=0.5, **kw).fit(X)
+    np.testing.assert_array_equal(via_p.transform(X), via_alpha.transform(X))
+    assert via_p.loss_ == via_alpha.loss_ and via_p._plan.alpha == 0.5
+    assert not np.allclose(via_p.transform(X), ICONContrastive(p=UniformKNN(5), **kw).fit(X).transform(X))
+    with pytest.raises(ValueError, match="alpha"):
+        ICONContrastive(p=Debiased(UniformKNN(5), alpha=0.5), alpha=0.2, **kw).fit(X)
+
+
+def test_augment_with_a_list_of_views_is_rejected(digits):
+    X, _ = digits
+    with pytest.raises(ValueError, match="augment"):
+        ICONContrastive(method="cmc", augment=GaussianNoise(), **SMALL).fit([X[:, :32], X[:, 32:]])
+
+
+def test_debiasing_uses_the_shared_formula():
+    p, nc = positive_pairs_block(torch.tensor([0, 0, 1, 1, 1]))
+    n_cand = (~nc).sum(dim=1, keepdim=True).double()
+    torch.testing.assert_close(debias_block(p, nc, 0.4), torch.where(nc, 0.0, debias(p, 0.4, n_cand)))
+    onehot = F.one_hot(torch.tensor([2, 0]), 3).double()
+    torch.testing.assert_close(cross_entropy_block(torch.tensor([2, 0]), 3, 0.4, dtype=torch.float64),
+                               debias(onehot, 0.4, 3.0))
 
 
 # ---------------------------------------------------------------------------------------------

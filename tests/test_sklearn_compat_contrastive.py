@@ -10,7 +10,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skicon._contrastive import ICONClassifier, ICONContrastive
+from skicon._classifier import ICONClassifier
+from skicon._contrastive import ICONContrastive
 from skicon.kernels import Cosine, StudentT
 
 FAST = dict(hidden_layer_sizes=(16,), max_iter=5, batch_size=64)
