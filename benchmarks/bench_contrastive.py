@@ -122,8 +122,8 @@ def _quality(quick, log):
                     "alpha": alpha,
                     "knn10": _knn_accuracy(Ztr, ytr, Zte, yte),
                     "linear_probe": _probe_accuracy(Ztr, ytr, Zte, yte),
-                    "final_loss": est.loss_curve_[-1],
-                    "epochs": est.n_iter_,
+                    "final_loss": est.loss_,
+                    "epochs": est.n_epochs_,
                     "fit_s": fit_s,
                 }
                 rows.append(row)
@@ -144,7 +144,7 @@ def _median_time(fn, repeats):
 def _speed(quick, log):
     from pytorch_metric_learning.losses import NTXentLoss, SupConLoss
 
-    from skicon._contrastive import contrastive_loss, positive_pairs_block
+    from skicon.objectives._batch import contrastive_loss, positive_pairs_block
     from skicon.kernels import Cosine
 
     n, d = (256, 128) if quick else (1024, 128)
