@@ -5,12 +5,16 @@ import torch
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.datasets import load_digits, make_blobs
 
-from skicon._clustering import (
-    ICONClustering, _FusedHeads, _Heads, _PositiveSampler, _pruning_schedule, cluster_kernel_loss,
-    probabilistic_kmeans_loss,
-)
+from skicon import get_method, list_methods
+from skicon._cluster_heads import FusedHeads as _FusedHeads, Heads as _Heads, pruning_schedule as _pruning_schedule
+from skicon._cluster_train import graph_degrees
+from skicon._clustering import ICONClustering
+from skicon._training import RowSampler
+from skicon.kernels import ClusterKernel, Debiased, Graph
 from skicon.objectives import icon_loss
-from skicon.kernels import ClusterKernel, Debiased
+from skicon.objectives._cluster import (
+    cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss,
+)
 from skicon.mappers import make_mapper
 from skicon.metrics import adjusted_rand_score, hungarian_accuracy
 
@@ -132,7 +136,7 @@ def test_same_seed_same_labels(blobs):
 
 
 @pytest.mark.parametrize("params", [
-    dict(method="mi"), dict(method="ncut"), dict(mapper="linear"), dict(mapper="table"),
+    dict(method="mi"), dict(mapper="linear"), dict(mapper="table"),
     dict(ema=0.9), dict(walk_length=1, alpha=0.0, alpha_q=0.0), dict(n_negatives=None),
     dict(mapper=lambda n_features, n_clusters: torch.nn.Sequential(torch.nn.Linear(n_features, n_clusters))),
     dict(q=Debiased(ClusterKernel(), alpha=0.5)),
@@ -161,8 +165,10 @@ def test_augment_positives(blobs):
 
 def test_callback_stops_training(blobs):
     X, _ = blobs
-    est = ICONClustering(4, callbacks=lambda it, loss, e: it >= 2, random_state=0, **FAST).fit(X)
-    assert est.n_iter_ == 3
+    seen = []
+    est = ICONClustering(4, callbacks=lambda it, loss, e: seen.append(it) or it >= 2, random_state=0, **FAST).fit(X)
+    assert seen == [1, 2]  # 1-based: the number of iterations done, after every iteration
+    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
 
 
 def test_kmeans_matches_sklearn_inertia_on_blobs(blobs):
@@ -265,7 +271,7 @@ def test_kept_heads_are_the_named_ones(fused):
 
 def test_restarts_are_pruned_on_recent_loss(blobs, monkeypatch):
     # n_init=4, max_iter=200: the worse two (mean loss over steps 51-100) stop at step 100.
-    import skicon._clustering as clustering
+    import skicon._cluster_train as clustering
 
     seen = []
     original = clustering.cluster_kernel_loss
@@ -278,7 +284,9 @@ def test_restarts_are_pruned_on_recent_loss(blobs, monkeypatch):
     monkeypatch.setattr(clustering, "cluster_kernel_loss", recording)
     X, _ = blobs
     est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, random_state=0).fit(X)
-    assert [len(s) for s in seen] == [4] * 100 + [2] * 100
+    # 200 training steps, then loss_: the kept head on 4 consecutive blocks of 64 (float64)
+    assert [len(s) for s in seen] == [4] * 100 + [2] * 100 + [1] * 4
+    seen = seen[:200]
     assert sorted(est.init_n_iter_.tolist()) == [100, 100, 200, 200]
     survivors = np.flatnonzero(est.init_n_iter_ == 200)
     window = np.array(seen[50:100]).mean(axis=0)
@@ -298,7 +306,7 @@ def test_positive_sampler_draws_each_row_distribution():
         js = rng.choice(n, size=rng.randint(1, 12), replace=False)
         dense[i, js] = rng.rand(len(js)) + 0.05
     P = sp.csr_matrix(dense / dense.sum(1, keepdims=True))
-    sampler = _PositiveSampler(P, np.random.RandomState(1))
+    sampler = RowSampler(P, np.random.RandomState(1))
     draws = 20000
     for i in (0, 7, 29):
         got = np.bincount(sampler.sample(np.full(draws, i)), minlength=n) / draws
@@ -307,3 +315,183 @@ def test_positive_sampler_draws_each_row_distribution():
         assert np.all(np.abs(got - P[i].toarray().ravel()) <= 5 * sd + 1e-12)
     mixed = rng.randint(n, size=500)
     assert all(P[a, b] > 0 for a, b in zip(mixed, sampler.sample(mixed)))
+
+
+# -- one engine: the registry rows, their losses, the Trainer ----------------------------------
+ROWS = [r.name for r in list_methods("ICONClustering")]
+
+
+def _small():
+    X, y = make_blobs(60, centers=3, cluster_std=0.5, random_state=2)
+    return X, y
+
+
+@pytest.mark.parametrize("name", ROWS + [a for r in list_methods("ICONClustering") for a in r.aliases])
+def test_method_accepts_every_row_and_alias(name):
+    X, _ = _small()
+    est = ICONClustering(3, method=name, max_iter=30, n_init=2, batch_size=32, random_state=0).fit(X)
+    assert est.n_iter_ == len(est.loss_curve_) >= 1 and isinstance(est.loss_curve_, np.ndarray)
+    assert np.isfinite(est.loss_) and est.p_ is not None and est.q_ is not None
+
+
+def test_alias_is_the_row_and_the_default():
+    X, _ = _small()
+    kw = dict(max_iter=40, n_init=2, batch_size=32, random_state=0)
+    a = ICONClustering(3, **kw).fit(X)
+    b = ICONClustering(3, method="infonce", **kw).fit(X)
+    assert ICONClustering().method == "infonce_clustering"
+    assert np.array_equal(a.labels_, b.labels_) and np.array_equal(a.loss_curve_, b.loss_curve_)
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_auto_parameters_take_the_row_defaults(name):
+    X, _ = _small()
+    est = ICONClustering(3, method=name, max_iter=5, n_init=1, random_state=0).fit(X)
+    for key, value in get_method(name).defaults.items():
+        assert getattr(est._plan, key) == value
+
+
+@pytest.mark.parametrize("name,params", [
+    ("kmeans", dict(n_neighbors=5)), ("mi", dict(alpha=0.2)), ("ncut", dict(walk_length=2)),
+    ("kmeans", dict(ema=0.9)), ("spectral", dict(mapper="linear")), ("ncut", dict(augment=lambda Xb, rs: Xb)),
+    ("kmeans", dict(q=ClusterKernel())), ("ncut", dict(p=Graph())),
+])
+def test_parameters_a_row_does_not_use_are_rejected(name, params):
+    X, _ = _small()
+    key = next(iter(params))
+    with pytest.raises(ValueError, match=key):
+        ICONClustering(3, method=name, max_iter=5, n_init=1, **params).fit(X)
+
+
+def _fitted_logits(est, X):
+    return torch.as_tensor(est._logits(X, training=True), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("mi", {}), ("infonce_clustering", {}), ("ncut", {}),
+    ("mi", dict(q=ClusterKernel(degree_weighted=True, include_self=False))),
+    ("infonce_clustering", dict(q=Debiased(ClusterKernel(), alpha=0.6))),  # the paper's q, self included
+    ("ncut", dict(q=Debiased(ClusterKernel(degree_weighted=True), alpha=0.2))),
+])
+def test_loss_is_the_registry_row_loss(name, params):
+    # The estimator trains its row: loss_ equals row.loss on the learned logits (exact block).
+    X, _ = _small()
+    est = ICONClustering(3, method=name, max_iter=40, n_init=2, batch_size=64, n_negatives=None,
+                         n_components=None, random_state=0, **params).fit(X)
+    row = get_method(name)
+    logits = _fitted_logits(est, X)
+    if name == "ncut":
+        X_used, degrees = est.affinity_matrix_, None  # p_ sees the graph; degrees are its row sums
+    else:
+        X_used = est._knn_space(X)
+        degrees = graph_degrees(est._train_P) if est._plan.degree_weighted else None
+    if name == "ncut" and isinstance(est.q_, Debiased):
+        # row.loss looks for degree_weighted on q itself, not through Debiased: its maths by hand
+        d = torch.as_tensor(np.asarray(X_used.sum(axis=1)).ravel())
+        expected = float(icon_loss(est.p_.dense(X_used), est.q_.log_prob(logits, degrees=d), direction="reverse"))
+    else:
+        expected = float(row.loss(X_used, logits, p=est.p_, q=est.q_, degrees=degrees))
+    assert est.loss_ == pytest.approx(expected, rel=1e-5)
+    # score on the training data (one exact block, the graph of X itself) is minus the same loss,
+    # degree weighting included (it collapsed to all ones before)
+    assert est.score(X) == pytest.approx(-expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["kmeans", "spectral"])
+def test_centroid_rows_loss_is_the_reverse_row_loss_at_the_resolved_bandwidth(name):
+    X, _ = _small()
+    est = ICONClustering(3, method=name, n_init=2, batch_size=64, random_state=0).fit(X)
+    Z = X if name == "kmeans" else est._train_embedding
+    expected = float(get_method(name).loss(Z, _fitted_logits(est, X), p=est.p_, q=est.q_))
+    assert np.isfinite(expected)
+    assert est.loss_ == pytest.approx(expected, rel=1e-5)
+    assert est.p_.sigma ** 2 == pytest.approx(est.inertia_ / (Z.shape[0] * Z.shape[1]))
+
+
+def test_reverse_cluster_loss_is_icon_loss_of_the_kernels():
+    rng = np.random.RandomState(0)
+    m = 9
+    A = (rng.rand(m, m) < 0.3).astype(float)
+    A = np.maximum(A, A.T)
+    np.fill_diagonal(A, 0)
+    A[0, 1] = A[1, 0] = 1.0
+    d = torch.tensor(np.maximum(A.sum(1), 1.0))
+    logits = torch.tensor(rng.randn(m, 3) * 2)
+    log_p = exp_graph_log_p(torch.tensor(A), d)
+    Ad = A / d.numpy()[None, :]
+    assert torch.allclose(log_p.exp(), torch.tensor(np.exp(Ad) / np.exp(Ad).sum(1, keepdims=True)))
+    for alpha_q in (0.0, 0.3):
+        q = Debiased(ClusterKernel(degree_weighted=True), alpha=alpha_q)
+        expected = icon_loss(None, q.log_prob(logits, degrees=d), direction="reverse", log_p=log_p)
+        got = reverse_cluster_loss(logits[None], log_p, degrees=d, alpha_q=alpha_q)
+        assert float(got[0]) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_include_self_matches_the_kernel():
+    rng = np.random.RandomState(3)
+    m = 8
+    P = _random_block(m, rng)
+    logits = torch.tensor(rng.randn(m, 3))
+    eye = torch.eye(m, dtype=torch.bool)
+    p_tilde = Debiased(ClusterKernel(include_self=False), alpha=0.4).finalize_block(torch.tensor(P), eye)
+    expected = icon_loss(p_tilde, Debiased(ClusterKernel(), alpha=0.6).log_prob(logits))
+    coo = sp.coo_matrix(P)
+    got = cluster_kernel_loss(logits[None], torch.tensor(coo.row, dtype=torch.long),
+                              torch.tensor(coo.col, dtype=torch.long), torch.tensor(coo.data),
+                              alpha=0.4, alpha_q=0.6, include_self=True)
+    assert float(got[0]) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_kmeans_labels_are_float64_nearest_centres_far_from_origin():
+    # float32 distances mislabelled 110 of 400 points here, and inertia_ used other labels.
+    X, _ = make_blobs(400, centers=5, cluster_std=1.0, random_state=0)
+    X = X + 1e4
+    est = ICONClustering(5, method="kmeans", n_init=3, random_state=0).fit(X)
+    d2 = ((X[:, None, :] - est.cluster_centers_[None, :, :]) ** 2).sum(-1)
+    assert np.array_equal(est.labels_, d2.argmin(1))
+    assert np.array_equal(est.predict(X), est.labels_)
+    assert est.inertia_ == pytest.approx(d2.min(1).sum(), rel=1e-9)
+    assert est.score(X) == pytest.approx(-d2.min(1).mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["kmeans", "spectral"])
+def test_centroid_rows_run_through_the_trainer(name, capsys):
+    X, _ = _small()
+    seen = []
+    est = ICONClustering(3, method=name, n_init=2, max_iter=50, random_state=0, verbose=True,
+                         callbacks=lambda it, loss, e: seen.append((it, loss)) or it >= 7).fit(X)
+    assert [it for it, _ in seen] == list(range(1, 8))
+    assert est.n_iter_ == 7 and len(est.loss_curve_) == 7
+    assert "ICONClustering" in capsys.readouterr().err  # the Trainer's summary line
+    full = ICONClustering(3, method=name, n_init=2, max_iter=50, random_state=0).fit(X)
+    assert full.n_iter_ == 50
+    assert np.allclose(est.loss_curve_, full.loss_curve_[:7])
+
+
+def test_ncut_trains_its_reverse_row_on_batch_blocks(blobs):
+    # Theorem 11's loss is Ncut minus the entropy of q: training lowers it below the loss of
+    # the initial heads; the block never exceeds anchors + one neighbour each.
+    X, _ = blobs
+    sizes = []
+    import skicon._cluster_train as ct
+
+    original = ct.exp_graph_log_p
+
+    def recording(A_block, degrees):
+        sizes.append(A_block.shape[0])
+        return original(A_block, degrees)
+
+    ct.exp_graph_log_p = recording
+    try:
+        est = ICONClustering(4, method="ncut", random_state=0, **FAST).fit(X)
+    finally:
+        ct.exp_graph_log_p = original
+    assert max(sizes) <= 2 * FAST["batch_size"] and len(sizes) == FAST["max_iter"]
+    assert isinstance(est.p_, Graph) and est.p_.exponential and est.q_.degree_weighted
+    # The row is Ncut minus the entropy of q (Theorem 11): the fitted heads beat the true
+    # partition on it (few large clusters win), which is why it is not the default.
+    Xs, ys = _small()
+    small = ICONClustering(3, method="ncut", max_iter=60, n_init=2, batch_size=64, random_state=0).fit(Xs)
+    truth = torch.tensor(60.0 * (np.eye(3)[ys] - 0.5))
+    truth_loss = float(get_method("ncut").loss(small.affinity_matrix_, truth, p=small.p_, q=small.q_))
+    assert small.loss_ < truth_loss

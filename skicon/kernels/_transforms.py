@@ -13,7 +13,8 @@ import torch
 
 from ._base import Kernel, drop_diagonal, normalize_rows
 
-__all__ = ["Debiased", "Propagated", "Symmetrized", "Exaggerated", "debias", "log_debias", "debiased_plogp"]
+__all__ = ["Debiased", "Propagated", "Symmetrized", "Exaggerated", "debias", "debias_coefficients", "log_debias",
+           "debiased_plogp"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +43,35 @@ def debias(p, alpha, n_candidates):
     >>> float(debias(1.0, 0.2, 4))
     0.85
     """
-    return (1.0 - alpha) * p + alpha / n_candidates
+    scale, offset = debias_coefficients(alpha, n_candidates)
+    return scale * p + offset
+
+
+def debias_coefficients(alpha, n_candidates):
+    """``(1 - alpha, alpha / N)``: debiasing as ``scale * p + offset`` (what :func:`debias` applies).
+
+    For fused computations that fold the scale into another factor (e.g. the cluster loss folds
+    it into each anchor's normalisation) and add the offset later.
+
+    Parameters
+    ----------
+    alpha : float in [0, 1)
+        Debiasing weight.
+    n_candidates : float, torch.Tensor or ndarray
+        N, the number of candidates of the row.
+
+    Returns
+    -------
+    scale, offset
+        ``1 - alpha`` and ``alpha / N``.
+
+    Examples
+    --------
+    >>> from skicon.kernels._transforms import debias_coefficients
+    >>> debias_coefficients(0.2, 4)
+    (0.8, 0.05)
+    """
+    return 1.0 - alpha, alpha / n_candidates
 
 
 def log_debias(log_q, alpha, n_candidates):

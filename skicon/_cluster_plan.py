@@ -1,0 +1,132 @@
+"""ICONClustering's plan: the registry row, resolved parameters, p and q of one fit.
+
+Functions of the estimator's parameters (``est``), kept out of the estimator file.
+"""
+
+import numpy as np
+import torch
+
+from ._cluster_train import ClusterPlan, forward_block_loss, graph_degrees, reverse_block_loss
+from ._registry import resolve_method
+from .kernels import ClusterKernel, Debiased, Graph, Propagated, UniformKNN, normalize_rows
+from .kernels._base import drop_diagonal
+from .objectives._cluster import exp_graph_log_p
+
+CENTROID_ROWS = ("kmeans", "spectral")
+#: Parameters of the learned head, rejected by the centroid rows when not at their default.
+HEAD_PARAMS = {"ema": None, "augment": None, "mapper": "mlp", "hidden_layer_sizes": (64,)}
+
+
+def make_plan(est):
+    """Resolve ``method`` to its registry row and every "auto" parameter to the row's defaults."""
+    row, _ = resolve_method("ICONClustering", est.method)
+    defaults = {"walk_length": 1, "alpha": 0.0, "alpha_q": 0.0, "n_neighbors": 10, **row.defaults}
+    resolved = {}
+    for name in ("n_neighbors", "walk_length", "alpha", "alpha_q", "learning_rate"):
+        value = getattr(est, name)
+        if value != "auto" and name not in row.defaults:
+            raise ValueError(f"{name}={value!r} has no meaning for method={est.method!r} (row {row.name!r}); "
+                             f"leave it 'auto'. The row's parameters: {sorted(row.defaults)}.")
+        resolved[name] = defaults[name] if value == "auto" else value
+    if est.p is not None:
+        if row.direction != "forward":
+            raise ValueError(f"p can only be set with method='mi' or 'infonce_clustering', got method={est.method!r}; "
+                             "the reverse rows fix p (a Gaussian on the data, the exponential graph).")
+        for name in ("walk_length", "alpha"):
+            if getattr(est, name) != "auto":
+                raise ValueError(f"{name} builds p, which is given explicitly: leave {name}='auto' with p=...")
+        resolved["alpha"] = float(est.p.alpha) if isinstance(est.p, Debiased) else 0.0
+    if row.name in CENTROID_ROWS:
+        for name, default in HEAD_PARAMS.items():
+            value = getattr(est, name)
+            if (tuple(value) if isinstance(value, list) else value) != default:
+                raise ValueError(f"{name}={value!r} cannot be used with method={row.name!r}, whose head is the "
+                                 "k-means centres; use a learned-head method such as 'infonce_clustering'.")
+    if est.augment is not None and row.name == "ncut":
+        raise ValueError("augment cannot be used with method='ncut': its p is over the graph's nodes.")
+    degree_weighted, include_self, resolved["alpha_q"] = q_flags(est, row, resolved["alpha_q"])
+    return ClusterPlan(row=row.name, direction=row.direction, degree_weighted=degree_weighted,
+                       include_self=include_self, **resolved)
+
+def q_flags(est, row, alpha_q):
+    """(degree_weighted, include_self, alpha_q) of q: the row's, or the given kernel's."""
+    if est.q is None:
+        return row.name == "ncut", row.direction == "reverse", float(alpha_q)
+    if row.name in CENTROID_ROWS:
+        raise ValueError(f"q cannot be set with method={row.name!r}: the k-means rows fix q to ClusterKernel().")
+    if est.alpha_q != "auto":
+        raise ValueError("alpha_q debiases q, which is given explicitly: leave alpha_q='auto' with q=...")
+    inner = est.q.kernel if isinstance(est.q, Debiased) else est.q
+    if not isinstance(inner, ClusterKernel):
+        raise ValueError("q must be a skicon.kernels.ClusterKernel, optionally wrapped in Debiased(..., alpha=...): "
+                         f"a clusterer learns cluster assignments, got q={est.q!r}.")
+    alpha_q = float(est.q.alpha) if isinstance(est.q, Debiased) else 0.0
+    if not 0.0 <= alpha_q < 1.0:
+        raise ValueError(f"q's debiasing alpha must be in [0, 1), got {alpha_q!r}.")
+    if row.direction == "reverse" and not inner.include_self:
+        raise ValueError("method='ncut' needs q with include_self=True (the row's q sums over all j).")
+    return bool(inner.degree_weighted), bool(inner.include_self), alpha_q
+
+
+def supervisory(est, Xk, random_state):
+    """The row's p on ``Xk``: (kernel, sparse P without self pairs, degrees or None)."""
+    plan, k = est._plan, est._plan.n_neighbors
+    if plan.row in ("ncut", "spectral"):
+        A = UniformKNN(k, metric=est.metric).conditional(Xk, random_state=random_state, n_jobs=est.n_jobs)
+        A.data[:] = 1.0
+        A = (A + A.T).tocsr()
+        A.data[:] = 1.0 if plan.row == "ncut" else np.minimum(A.data, 2.0) * 0.5  # ncut: 0/1; spectral as before
+        return Graph(degree_weighted=True, exponential=True), A, graph_degrees(A)
+    kernel = est.p
+    if kernel is None:
+        kernel = UniformKNN(k, metric=est.metric)
+        if plan.row != "mi":
+            kernel = Debiased(Propagated(kernel, plan.walk_length), alpha=plan.alpha)
+    P = drop_diagonal(kernel.conditional(Xk, random_state=random_state, n_jobs=est.n_jobs))
+    P.eliminate_zeros()
+    P = normalize_rows(P)
+    if (np.diff(P.indptr) == 0).any():
+        raise ValueError("Some samples have no supervisory neighbour (all duplicates or an empty row of p); "
+                         "increase n_neighbors or remove duplicated samples.")
+    return kernel, P, graph_degrees(P) if plan.degree_weighted else None
+
+def learned_kernel(est):
+    if est.q is not None:
+        return est.q
+    plan = est._plan
+    q = ClusterKernel(plan.degree_weighted, include_self=plan.include_self)
+    return Debiased(q, alpha=plan.alpha_q) if plan.alpha_q > 0 else q
+
+
+def augmented(est, X, anchors, rng):
+    try:
+        view = est.augment(np.asarray(X[anchors], dtype=np.float32), rng)
+    except Exception as exc:  # a user callable failing gets named
+        raise ValueError(f"augment raised {type(exc).__name__}: {exc}. augment must be a callable "
+                         "augment(X_batch, random_state) -> perturbed X_batch.") from exc
+    view = np.asarray(view.detach().cpu() if isinstance(view, torch.Tensor) else view)
+    if view.shape != (len(anchors), X.shape[1]):
+        raise ValueError(f"augment must return an array of the batch's shape {(len(anchors), X.shape[1])}, "
+                         f"got {view.shape}.")
+    if not np.issubdtype(view.dtype, np.number) or not np.isfinite(view).all():
+        raise ValueError("augment returned non-finite or non-numeric values; it must return a finite float batch.")
+    return torch.as_tensor(est._standardize(view), device=est._device)
+
+
+def row_loss(est, logits, P=None, degrees=None, Z=None, block=None):
+    """The row's loss of ``logits`` on consecutive blocks (training data unless P/Z given)."""
+    plan, block = est._plan, block or est.batch_size
+    if plan.row in CENTROID_ROWS:
+        Z = est._train_Z if Z is None else Z
+        return reverse_block_loss(lambda idx: est.p_.log_prob(torch.as_tensor(Z[idx])), logits, block)
+    P = est._train_P if P is None else P
+    degrees = est._train_degrees if degrees is None else degrees
+    d = degrees if plan.degree_weighted else None
+    if plan.direction == "reverse":
+        def log_p(idx):
+            return exp_graph_log_p(torch.as_tensor(P[idx][:, idx].toarray()), torch.as_tensor(degrees[idx]))
+
+        return reverse_block_loss(log_p, logits, block, degrees=d, alpha_q=plan.alpha_q)
+    return forward_block_loss(P, logits, block, alpha=plan.alpha, alpha_q=plan.alpha_q, degrees=d,
+                              include_self=plan.include_self)
+

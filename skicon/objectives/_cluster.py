@@ -1,0 +1,234 @@
+"""Objectives of the clustering rows: the cluster kernel against a neighbourhood, both directions.
+
+* :func:`cluster_kernel_loss`: forward KL of the (debiased) cluster kernel against a sparse
+  block of positives (the "mi" and "infonce_clustering" rows), with an unbiased sampled estimate
+  of the uniform part of a debiased p.
+* :func:`reverse_cluster_loss`: reverse KL of the (degree-weighted) cluster kernel, self
+  included, against a dense block of log p (the "ncut", "kmeans" and "spectral" rows).
+* :func:`exp_graph_log_p`: the "ncut" row's p(j|i) ∝ exp(A_ij / d_j) on a block of the graph.
+* :func:`probabilistic_kmeans_loss`: the sigma -> 0 limit of the "kmeans" row (Theorem 9).
+
+Pure functions of tensors; every debiasing goes through :mod:`skicon.kernels._transforms`.
+"""
+
+import torch
+
+from ..kernels._transforms import debias, debias_coefficients, debiased_plogp
+
+__all__ = ["cluster_kernel_loss", "reverse_cluster_loss", "exp_graph_log_p", "probabilistic_kmeans_loss"]
+
+
+def _softmax_last(z):
+    """Softmax over the last (small) axis; faster on CPU than ``torch.softmax`` for C ~ 10."""
+    e = torch.exp(z - z.max(dim=-1, keepdim=True).values.detach())
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _candidate_weights(phi, cand_logits, degrees):
+    """``w_jc = psi_jc d_j / sum_k psi_kc d_k``: the candidate side of the cluster kernel."""
+    psi = phi if cand_logits is None else _softmax_last(cand_logits)
+    if degrees is not None:
+        psi = psi * degrees.to(psi)[None, :, None]
+    return psi / psi.sum(dim=1, keepdim=True).clamp_min(torch.finfo(phi.dtype).tiny)
+
+
+def cluster_kernel_loss(logits, rows, cols, vals, *, alpha=0.0, alpha_q=0.0, cand_logits=None,
+                        negatives=None, degrees=None, include_self=False):
+    """Forward I-Con loss of the (debiased) cluster kernel against a sparse supervisory block.
+
+    For each of ``R`` independent heads, with ``phi = softmax(logits)`` over clusters and the
+    candidate-side assignments ``psi = softmax(cand_logits)`` (an EMA teacher, or ``phi``),
+
+    * ``q(j|i) = sum_c phi_ic w_jc``, ``w_jc = psi_jc d_j / sum_k psi_kc d_k`` (``d = 1`` unless
+      ``degrees`` is given): :class:`~skicon.kernels.ClusterKernel`. Without ``include_self``
+      the self pair is excluded and q renormalised, ``q(j|i) / (1 - q(i|i))`` over ``j != i``;
+    * ``q~ = debias(q, alpha_q, N_q)`` and ``p~ = debias(p, alpha, m - 1)``
+      (:class:`~skicon.kernels.Debiased` on both sides, m the batch size, ``N_q = m - 1``, or
+      ``m`` when q includes the self pair; p never has a self pair);
+    * the loss is ``1/m' sum_i KL(p~(.|i) || q~(.|i))`` over the m' anchors with positives.
+
+    The uniform part of ``p~`` touches every pair; with ``negatives`` it is estimated without
+    bias from a random subset of candidate columns (O(m |negatives|) instead of O(m^2)).
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (R, m, n_clusters)
+        Assignment logits of the batch for R heads.
+    rows, cols : torch.Tensor of int64, shape (nnz,)
+        Positive pairs (anchor row, candidate column) of the sparse block of p, no self pair.
+    vals : torch.Tensor of shape (nnz,)
+        Their probabilities; each anchor row sums to one.
+    alpha : float, default=0.0
+        Debiasing of p.
+    alpha_q : float, default=0.0
+        Debiasing of q.
+    cand_logits : torch.Tensor of shape (R, m, n_clusters), default=None
+        Candidate-side logits (EMA teacher); ``logits`` when None.
+    negatives : torch.Tensor of int64, default=None
+        Candidate columns that estimate the uniform part; all columns when None (exact).
+    degrees : torch.Tensor of shape (m,), default=None
+        Candidate degrees for the degree-weighted (normalized-cuts) kernel.
+    include_self : bool, default=False
+        Whether the self pair is a candidate of q (``ClusterKernel(include_self=True)``).
+
+    Returns
+    -------
+    torch.Tensor of shape (R,)
+        The loss of each head (exactly the I-Con KL when ``negatives`` is None).
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[[5.0, -5.0], [5.0, -5.0], [-5.0, 5.0], [-5.0, 5.0]]])
+    >>> rows, cols = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 3, 2])
+    >>> float(cluster_kernel_loss(logits, rows, cols, torch.ones(4))) < 1e-3
+    True
+    """
+    R, m, _ = logits.shape
+    phi = _softmax_last(logits)
+    w = _candidate_weights(phi, cand_logits, degrees)
+    tiny = torch.finfo(phi.dtype).tiny
+    n_q = m if include_self else m - 1
+    # q~ = scale q + offset (debiasing, eq. 2), the scale folded into each anchor's factor (with
+    # the renormalisation over j != i when the self pair is excluded): one pass less over the
+    # pair tensors, which this loss touches every step.
+    scale, offset = debias_coefficients(alpha_q, n_q)
+    if include_self:
+        phi_s = phi * scale
+    else:
+        q_self = (phi * w).sum(dim=2)
+        inv_norm = scale / (1.0 - q_self).clamp_min(torch.finfo(phi.dtype).eps)
+        phi_s = phi * inv_norm[:, :, None]
+
+    def log_q_tilde(scaled_q):
+        # log(scale q + offset); q clamped at tiny only when alpha_q = 0, so that it stays finite.
+        return torch.log(scaled_q + offset) if offset > 0 else torch.log(scaled_q.clamp_min(tiny))
+
+    q_pos = (phi_s[:, rows] * w[:, cols]).sum(dim=2)
+    pos_terms = vals.to(phi)[None, :] * log_q_tilde(q_pos)
+    cross_pos = torch.zeros(R, m, dtype=phi.dtype, device=phi.device).index_add(1, rows, pos_terms)
+    scale_p, _ = debias_coefficients(alpha, m - 1)  # p~ = scale_p p + alpha / (m - 1) off the diagonal
+    loss = -scale_p * cross_pos
+
+    plogp = debiased_plogp(vals.to(phi), rows, m, m - 1, alpha)
+    if alpha > 0:
+        cols_u = torch.arange(m, device=phi.device) if negatives is None else negatives
+        n_u = cols_u.shape[0]
+        log_q_u = log_q_tilde(torch.bmm(phi_s, w[:, cols_u].transpose(1, 2)))
+        # Mean over the candidate columns other than the anchor itself: the full row sum minus
+        # the self pairs (anchor cols_u[j] in column j), which are few.
+        j = torch.arange(n_u, device=phi.device)
+        self_terms = log_q_u[:, cols_u, j]
+        sum_u = log_q_u.sum(dim=2).index_add(1, cols_u, -self_terms)
+        n_valid = torch.full((m,), float(n_u), dtype=phi.dtype, device=phi.device).index_add(
+            0, cols_u, -torch.ones(n_u, dtype=phi.dtype, device=phi.device))
+        loss = loss - alpha * sum_u / n_valid.clamp_min(1.0)
+    has_mass = torch.zeros(m, dtype=torch.bool, device=phi.device)
+    has_mass[rows] = True
+    per_row = (loss + plogp[None, :]) * has_mass[None, :]
+    return per_row.sum(dim=1) / has_mass.sum().clamp_min(1)
+
+
+def reverse_cluster_loss(logits, log_p, *, degrees=None, cand_logits=None, alpha_q=0.0):
+    """Reverse I-Con loss ``1/m sum_i KL(q(.|i) || p(.|i))`` of the cluster kernel on a dense block.
+
+    ``q(j|i) = sum_c phi_ic w_jc`` with ``w_jc = psi_jc d_j / sum_k psi_kc d_k`` over the m
+    points of the block, the self pair included (Theorems 9 and 11), optionally debiased,
+    ``q~ = debias(q, alpha_q, m)``. ``log_p`` is the supervisory block (self included), e.g.
+    :func:`exp_graph_log_p` for normalized cuts or a Gaussian's log-probabilities for k-means.
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (R, m, n_clusters)
+        Assignment logits of the block for R heads.
+    log_p : torch.Tensor of shape (m, m)
+        Log-probabilities of p over the block (rows normalised over the block).
+    degrees : torch.Tensor of shape (m,), default=None
+        Candidate degrees (degree-weighted kernel of normalized cuts).
+    cand_logits : torch.Tensor of shape (R, m, n_clusters), default=None
+        Candidate-side logits (EMA teacher); ``logits`` when None.
+    alpha_q : float, default=0.0
+        Debiasing of q.
+
+    Returns
+    -------
+    torch.Tensor of shape (R,)
+        The loss of each head.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> logits = torch.zeros(1, 4, 2, dtype=torch.float64)  # q uniform over the block
+    >>> log_p = torch.full((4, 4), -math.log(4.0), dtype=torch.float64)
+    >>> float(reverse_cluster_loss(logits, log_p))
+    0.0
+    """
+    m = logits.shape[1]
+    phi = _softmax_last(logits)
+    w = _candidate_weights(phi, cand_logits, degrees)
+    q = debias(torch.bmm(phi, w.transpose(1, 2)), alpha_q, m)
+    log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+    return (q * (log_q - log_p.to(q)[None])).sum(dim=2).mean(dim=1)
+
+
+def exp_graph_log_p(A_block, degrees):
+    """Log of the "ncut" row's p(j|i) ∝ exp(A_ij / d_j) over the candidates j of a block.
+
+    The self pair and non-edges get weight exp(0) = 1 (Table 1's "Gaussians on edge weights";
+    :class:`~skicon.kernels.Graph` with ``degree_weighted=True, exponential=True`` restricted to
+    the block, with the degrees of the whole graph).
+
+    Parameters
+    ----------
+    A_block : torch.Tensor of shape (m, m)
+        Edge weights between the block's points (zero diagonal).
+    degrees : torch.Tensor of shape (m,)
+        Degrees ``d_j`` of the candidates in the whole graph.
+
+    Returns
+    -------
+    torch.Tensor of shape (m, m)
+        Row-normalised log-probabilities.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    >>> exp_graph_log_p(A, torch.ones(2, dtype=torch.float64)).exp()[0]
+    tensor([0.2689, 0.7311], dtype=torch.float64)
+    """
+    return torch.log_softmax(A_block / degrees.to(A_block)[None, :], dim=1)
+
+
+def probabilistic_kmeans_loss(X, phi):
+    """Probabilistic k-means objective (Proposition 2), the sigma -> 0 limit of Theorem 9.
+
+    ``L = sum_i sum_c phi_ic ||x_i - mu_c||^2`` with ``mu_c = sum_i phi_ic x_i / sum_i phi_ic``,
+    which equals ``-sum_ij (x_i . x_j) q(j|i) + sum_i ||x_i||^2`` with the cluster kernel q
+    (Theorem 8), and ``2 sigma^2`` times the reverse I-Con loss against a Gaussian p up to the
+    entropy of q and a constant (Theorem 9).
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (n_samples, n_features)
+        Data.
+    phi : torch.Tensor of shape (..., n_samples, n_clusters)
+        Soft assignments (rows sum to one); leading axes index independent restarts.
+
+    Returns
+    -------
+    torch.Tensor of shape (...)
+        The objective (the k-means inertia for hard assignments), one per restart.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X = torch.tensor([[0.0], [2.0], [10.0]])
+    >>> float(probabilistic_kmeans_loss(X, torch.tensor([[1.0, 0], [1, 0], [0, 1]])))
+    2.0
+    """
+    size = phi.sum(dim=-2).clamp_min(torch.finfo(phi.dtype).tiny)
+    centers = (phi.transpose(-1, -2) @ X) / size[..., :, None]
+    sq = ((X * X).sum(dim=1, keepdim=True) - 2 * X @ centers.transpose(-1, -2)
+          + (centers * centers).sum(dim=-1)[..., None, :])
+    return (phi * sq.clamp_min(0)).sum(dim=(-2, -1))
