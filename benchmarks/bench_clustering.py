@@ -245,7 +245,7 @@ def render(results, quick=False, notes=()):
         "title": "Clustering (ICONClustering vs KMeans, SpectralClustering, GaussianMixture)",
         "description": (
             "Ten clusters; mean ± std over seeds of wall time (s), Hungarian accuracy, ARI and NMI. "
-            "ICONClustering is the default estimator (method='infonce')."
+            "ICONClustering is the default estimator (method='infonce_clustering')."
             + (" QUICK RUN: 600 samples, short training; not figures to quote." if quick else "")
         ),
         "tables": tables,
