@@ -1,4 +1,4 @@
-"""Tests of the SNE/t-SNE engine (skicon._tsne) and of ICONEmbedding."""
+"""Tests of the pairwise SNE/t-SNE engine (skicon.objectives._pairwise) and of ICONEmbedding."""
 
 import math
 import warnings
@@ -14,9 +14,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skicon import _tsne, icon_loss
+from skicon import icon_loss
+from skicon.objectives import _pairwise as _tsne
 from skicon._embedding import ICONEmbedding, make_trustworthiness_scorer, trustworthiness_scorer
-from skicon.kernels import Gaussian, StudentT
+from skicon.kernels import DistanceKernel, Gaussian, StudentT
 from skicon.neighbors import perplexity_betas
 
 FAST = dict(max_iter=120, early_exaggeration_iter=40, random_state=0)
@@ -73,8 +74,7 @@ def test_joint_gradient_and_loss_match_autograd(kernel, alpha):
 def test_conditional_gradient_and_loss_match_icon_loss(kernel, alpha):
     n = 30
     Pc = _random_conditional(n, seed=3)
-    aff = _tsne.SparseAffinity((Pc + Pc.T).tocsr(), "cpu", torch.float64)
-    aff.cond = _tsne.SparseAffinity(Pc, "cpu", torch.float64)
+    aff = _tsne.SparseAffinity.conditional(Pc, "cpu", torch.float64)
     Y = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2
     Yr = Y.clone().requires_grad_()
     # the learned q of Table 1 through the kernel's own log_prob (autograd), against the engine's
@@ -118,15 +118,18 @@ def test_sampled_kernel_sums_are_unbiased():
     assert float((est - exact).abs().max() / exact.abs().max()) < 0.03
 
 
-def test_perplexity_affinities_reach_the_target():
+def test_gaussian_rows_of_new_points_reach_the_target():
     rng = np.random.RandomState(0)
     D = np.sort(rng.rand(50, 20) * 3, axis=1)
-    P, beta = _tsne.perplexity_affinities(D, 7.0)
+    P = Gaussian(perplexity=7.0).rows_from_distances(D)
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
     H = -(P * np.log(P)).sum(axis=1)
     np.testing.assert_allclose(np.exp(H), 7.0, rtol=1e-4)
-    ref = perplexity_betas(D**2 - (D**2)[:, :1], 7.0)
-    np.testing.assert_allclose(beta, ref, rtol=1e-3)
+    beta = perplexity_betas(D**2, 7.0)
+    ref = np.exp(-beta[:, None] * (D**2 - (D**2)[:, :1]))
+    np.testing.assert_allclose(P, ref / ref.sum(axis=1, keepdims=True), rtol=1e-10)
+    # each row on its own: a row's p does not depend on the other new points
+    np.testing.assert_array_equal(Gaussian(perplexity=7.0).rows_from_distances(D[3:4]), P[3:4])
 
 
 def test_grid_handles_coincident_points():
@@ -188,9 +191,11 @@ def test_fft_mode_matches_exact_quality():
 def test_one_dimensional_and_three_dimensional_embeddings():
     X, y = _blobs(120)
     Z1 = ICONEmbedding(n_components=1, perplexity=10, mode="fft", **FAST).fit_transform(X)
-    Z3 = ICONEmbedding(n_components=3, perplexity=10, mode="sampled", n_negatives=30, **FAST).fit_transform(X)
+    # 60 negatives: with 30 the result hinged on the seed (0.77 to 0.93 over seeds 0-5 before and after the
+    # one-engine change); with 60 every seed 0-5 scores >= 0.93
+    Z3 = ICONEmbedding(n_components=3, perplexity=10, mode="sampled", n_negatives=60, **FAST).fit_transform(X)
     assert Z1.shape == (120, 1) and Z3.shape == (120, 3)
-    # 1-D t-SNE may split a cluster into pieces, and 30 sampled negatives are a noisy
+    # 1-D t-SNE may split a cluster into pieces, and sampled negatives are a noisy
     # repulsion, hence the lower bars
     for Z, bar in ((Z1, 0.8), (Z3, 0.85)):
         assert KNeighborsClassifier(5).fit(Z[::2], y[::2]).score(Z[1::2], y[1::2]) >= bar
@@ -213,7 +218,9 @@ def test_explicit_kernels_and_debiasing():
 
 def test_transform_rows_are_independent_and_land_near_their_neighbours():
     X, y = _blobs(150)
-    est = ICONEmbedding(perplexity=10, **FAST).fit(X[:120])
+    # 250 iterations: at 120 a 1e-5 change of p (perplexity calibration) already moved a training
+    # point between blobs, and with it the kNN score of the new points
+    est = ICONEmbedding(perplexity=10, max_iter=250, early_exaggeration_iter=80, random_state=0).fit(X[:120])
     Znew = est.transform(X[120:])
     one_by_one = np.vstack([est.transform(X[i : i + 1]) for i in range(120, 150)])
     np.testing.assert_allclose(Znew, one_by_one, rtol=1e-5, atol=1e-5)
@@ -373,3 +380,98 @@ def test_bad_parameters_have_clear_errors():
         ICONEmbedding(init=np.zeros((5, 2)), **FAST).fit(X)
     with pytest.raises(ValueError, match="alpha"):
         ICONEmbedding(alpha=1.5).fit(X)
+
+
+# ------------------------------------------------------------------------------------------------
+# one engine: the registry row, one training loop, every parameter honoured
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sne", "tsne", "tsne_conditional", "pca", "mds"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_reported_loss_is_the_rows_loss(method, alpha):
+    """The estimator trains its row: loss_ equals row.loss on the learned embedding."""
+    from skicon import get_method, resolve_method
+
+    X, _ = _blobs(60)
+    est = ICONEmbedding(method=method, mode="exact", perplexity=8, alpha=alpha, max_iter=30,
+                        early_exaggeration_iter=10, random_state=0).fit(X)
+    row, implied = resolve_method("ICONEmbedding", method)
+    assert est.normalization_ == implied.get("normalization", row.defaults.get("normalization", "conditional"))
+    ref = get_method(row.name).loss(X, torch.tensor(est.embedding_), p=est.p_, q=est.q_,
+                                    normalization=est.normalization_)
+    assert est.loss_ == pytest.approx(float(ref), rel=1e-6)
+    assert est.loss_ == est.kl_divergence_
+
+
+def test_alpha_is_honoured_on_the_dense_path():
+    from skicon.kernels import Cosine
+
+    X, _ = _blobs(50)
+    runs = [ICONEmbedding(q=Cosine(), perplexity=8, alpha=a, max_iter=20, random_state=0).fit(X) for a in (0.0, 0.5)]
+    assert all(r.mode_ == "dense" for r in runs)
+    assert runs[0].kl_divergence_ != pytest.approx(runs[1].kl_divergence_, rel=1e-3)
+    assert not np.allclose(runs[0].embedding_, runs[1].embedding_)
+    mds = [ICONEmbedding(method="mds", alpha=a, max_iter=20, random_state=0).fit(X) for a in (0.0, 0.5)]
+    assert mds[0].kl_divergence_ != pytest.approx(mds[1].kl_divergence_, rel=1e-3)
+
+
+def test_parameters_the_path_cannot_honour_are_rejected():
+    from skicon.kernels import Cosine
+
+    X, _ = _blobs(30)
+    with pytest.raises(ValueError, match="mode='fft'"):
+        ICONEmbedding(method="pca", mode="fft").fit(X)
+    with pytest.raises(ValueError, match="normalization='joint'"):
+        ICONEmbedding(q=Cosine(), normalization="joint", max_iter=5).fit(X)
+
+
+def test_callbacks_loss_curve_and_n_iter_are_per_iteration():
+    X, _ = _blobs(40)
+    for kw in ({}, {"mapper": "linear"}, {"method": "pca"}):
+        seen = []
+        est = ICONEmbedding(perplexity=8, max_iter=25, early_exaggeration_iter=10, random_state=0,
+                            callbacks=lambda i, loss, e: seen.append((i, loss)), **kw).fit(X)
+        assert [i for i, _ in seen] == list(range(1, 26)) and est.n_iter_ == 25
+        np.testing.assert_array_equal(est.loss_curve_, [loss for _, loss in seen])
+        np.testing.assert_array_equal(est.loss_curve_iterations_, np.arange(1, 26))
+
+
+class _LogStudent(DistanceKernel):
+    """A Student-t written once, as a log-weight only (no compiled loop, no closed-form slope)."""
+
+    def __init__(self, nu=1.0, *, n_neighbors="auto", include_self=False):
+        self.nu = nu
+        self.n_neighbors = n_neighbors
+        self.include_self = include_self
+
+    def log_weight(self, d2):
+        return -torch.log1p(d2 / self.nu) * (self.nu + 1.0) / 2.0
+
+
+@pytest.mark.parametrize("nu", [1.0, 0.6])
+def test_a_kernel_written_once_runs_the_engine(nu, monkeypatch):
+    X, y = _blobs(80)
+    for mode in ("exact", "fft"):
+        est = ICONEmbedding(q=_LogStudent(nu=nu), perplexity=10, mode=mode, **FAST).fit(X)
+        assert est.mode_ == mode and est.mode_ != "dense"
+        assert np.all(np.isfinite(est.embedding_)) and np.isfinite(est.loss_)
+    # on the exact path: the same gradient and loss as the built-in StudentT (torch code)
+    monkeypatch.setattr(_tsne, "_COMPILED", False)
+    n = 40
+    Pc = _random_conditional(n, seed=5)
+    Y = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
+    for norm, aff in (("joint", _tsne.SparseAffinity(_tsne.joint_from_conditional(Pc), "cpu", torch.float64)),
+                      ("conditional", _tsne.SparseAffinity.conditional(Pc, "cpu", torch.float64))):
+        for alpha in (0.0, 0.2):
+            kw = dict(normalization=norm, alpha=alpha, method="exact", want_loss=True, exaggeration=3.0)
+            g1, l1 = _tsne.objective_and_gradient(Y, aff, _LogStudent(nu=nu), **kw)
+            g2, l2 = _tsne.objective_and_gradient(Y, aff, StudentT(dof=nu), **kw)
+            torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
+            assert l1 == pytest.approx(l2, rel=1e-12)
+    # and ICONEmbedding with it follows the built-in kernel on the torch path, step for step (float32:
+    # the autograd slope and the closed form differ in the last bits, which the steps then amplify)
+    kw = dict(perplexity=10, mode="exact", max_iter=10, early_exaggeration_iter=5, random_state=0)
+    a = ICONEmbedding(q=_LogStudent(nu=nu), **kw).fit(X)
+    b = ICONEmbedding(q=StudentT(dof=nu), **kw).fit(X)
+    np.testing.assert_allclose(a.embedding_, b.embedding_, atol=1e-3 * np.abs(b.embedding_).max())
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-5)
+    assert a.loss_ == pytest.approx(b.loss_, rel=1e-5)

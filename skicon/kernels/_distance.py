@@ -136,7 +136,7 @@ class DistanceKernel(_PairwiseKernel):
     its slope as functions of ``d2``. A subclass may override :meth:`weight` and :meth:`slope`
     with closed forms for speed; by default they are ``exp(log_weight)`` and an autograd
     derivative. :meth:`compiled_profile` names the compiled CPU loop that evaluates the same
-    formula, when there is one (see :mod:`skicon._cpu_kernels`); kernels without one run the
+    formula, when there is one (see :mod:`skicon.objectives._compiled`); kernels without one run the
     torch code of the engine on every device.
 
     Examples
@@ -336,6 +336,45 @@ class Gaussian(DistanceKernel):
 
     def _self_log_weights(self, X, n):
         return np.zeros(n)
+
+    def rows_from_distances(self, distances):
+        """Rows ``p(.|i)`` of new points over given neighbours, from their distances.
+
+        The supervisory rows of points that are not in the training set (``transform``): each
+        row is calibrated on its own (per-row perplexity bisection, as :meth:`conditional`
+        does for the training rows), so a point's row does not depend on the other new points.
+
+        Parameters
+        ----------
+        distances : ndarray of shape (n_new, k)
+            Euclidean distances from each new point to its k reference neighbours.
+
+        Returns
+        -------
+        ndarray of shape (n_new, k)
+            Rows summing to one.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skicon.kernels import Gaussian
+        >>> rows = Gaussian(perplexity=2.0).rows_from_distances(np.array([[0.5, 1.0, 2.0]]))
+        >>> float(np.exp(-(rows * np.log(rows)).sum()).round(6))  # the row's perplexity
+        2.0
+        """
+        self._validate()
+        sq = np.asarray(distances, dtype=np.float64) ** 2
+        if self.perplexity is None:
+            logw = self.log_weight(torch.as_tensor(sq)).numpy()
+        else:
+            if self.perplexity > sq.shape[1]:
+                raise ValueError(
+                    f"perplexity={self.perplexity} is larger than the number of neighbours ({sq.shape[1]}); "
+                    "lower the perplexity or pass more neighbours."
+                )
+            logw = -perplexity_betas(sq, self.perplexity)[:, None] * sq
+        w = np.exp(logw - logw.max(axis=1, keepdims=True))
+        return w / w.sum(axis=1, keepdims=True)
 
 
 class StudentT(DistanceKernel):

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for the t-SNE engine (numba), used for 1-D and 2-D embeddings on CPU.
+"""Compiled CPU loops of the pairwise objective (numba), used for 1-D and 2-D embeddings on CPU.
 
 On CPU, torch evaluates an all-pairs kernel sum as a chain of separate passes over an
 (n, n) block (distances, kernel, products, reductions), each bound by memory traffic. A fused
@@ -15,8 +15,9 @@ Kernels are selected by an integer code, which each kernel names in its
 Student-t with ``dof`` degrees of freedom, 2 Gaussian ``exp(-d^2 * inv2s2)``. Coordinates come as
 two contiguous vectors ``x`` and ``y``; a 1-D embedding passes ``y = 0``.
 
-All functions are pure: arrays in, arrays out; the torch engine in :mod:`skicon._tsne` wraps
-them and falls back to its own torch code on CUDA or in more than two dimensions.
+All functions are pure: arrays in, arrays out; the torch engine in
+:mod:`skicon.objectives._pairwise` wraps them and falls back to its own torch code on CUDA, in
+more than two dimensions, and for kernels without a ``compiled_profile()``.
 """
 
 import math
@@ -29,13 +30,23 @@ try:
 except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
     numba = None
 
-__all__ = ["available", "repulsion_field", "attraction_csr", "threads"]
+__all__ = ["available", "repulsion_field", "attraction_csr", "threads", "CAUCHY", "STUDENT", "GAUSSIAN"]
 
 CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
 
 
 def available():
-    """Whether the compiled kernels can be used."""
+    """Whether the compiled kernels can be used (numba is importable).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> isinstance(available(), bool)
+    True
+    """
     return numba is not None
 
 
@@ -50,6 +61,12 @@ class threads:
     ----------
     n : int or None
         Threads to use; ``None`` leaves the setting alone.
+
+    Examples
+    --------
+    >>> with threads(2):
+    ...     threads._n
+    2
     """
 
     _n = 1
@@ -168,17 +185,48 @@ if numba is not None:
                 gy[i] = by
 
     @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
-    def _attraction(x, y, indptr, indices, values, code, dof, inv2s2, scale, lo, hi, fx, fy):  # pragma: no cover
+    def _log_weight_sums(x, y, code, dof, inv2s2, lo, hi, lw):  # pragma: no cover
+        # a separate pass (debiasing's loss only): a log in the hot loop above stops it vectorising
+        n = x.shape[0]
         dt = x.dtype.type
         one = dt(1.0)
         inv_dof = dt(1.0 / dof)
-        # the constant factor of the slope g folds into the scale
+        for i in range(lo, hi):
+            xi = x[i]
+            yi = y[i]
+            acc = 0.0
+            if code == 2:
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    acc += dx * dx + dy * dy
+                lw[i] = -acc * inv2s2
+            else:
+                # sum of logs = log of products of 8 factors (each >= 1, far from overflow in
+                # float64): one log per 8 pairs, and the products vectorise
+                for j0 in range(0, n, 8):
+                    prod = 1.0
+                    for j in range(j0, min(j0 + 8, n)):
+                        dx = xi - x[j]
+                        dy = yi - y[j]
+                        prod *= 1.0 + (dx * dx + dy * dy) * inv_dof
+                    acc += math.log(prod)
+                lw[i] = -acc * (dof + 1.0) / 2.0
+
+    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+    def _attraction(x, y, indptr, indices, values, lvalues, code, dof, inv2s2, scale, want_loss, lo, hi, fx, fy,
+                    plogw):  # pragma: no cover
+        dt = x.dtype.type
+        one = dt(1.0)
+        inv_dof = dt(1.0 / dof)
+        # the constant factors of the slope g and of log w fold into the scales
         if code == 0:
             sc = dt(scale)
         elif code == 1:
             sc = dt(scale * (dof + 1.0) / (2.0 * dof))
         else:
             sc = dt(scale * inv2s2)
+        lscale = -inv2s2 if code == 2 else -(dof + 1.0) / 2.0
         for i in range(lo, hi):
             xi = x[i]
             yi = y[i]
@@ -199,27 +247,25 @@ if numba is not None:
                     coef = values[e] / (one + (dx * dx + dy * dy) * inv_dof)
                     ax += coef * dx
                     ay += coef * dy
+            if want_loss:
+                # the row's loss term right after its force, while its edges are in cache; a
+                # separate inner loop keeps the force loop's code (and its rounding) unchanged
+                acc = 0.0
+                if code == 2:
+                    for e in range(start, stop):
+                        j = indices[e]
+                        dx = xi - x[j]
+                        dy = yi - y[j]
+                        acc += lvalues[e] * (dx * dx + dy * dy)
+                else:
+                    for e in range(start, stop):
+                        j = indices[e]
+                        dx = xi - x[j]
+                        dy = yi - y[j]
+                        acc += lvalues[e] * math.log(one + (dx * dx + dy * dy) * inv_dof)
+                plogw[i] = acc * lscale
             fx[i] = ax * sc
             fy[i] = ay * sc
-
-    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
-    def _cross_entropy(x, y, indptr, indices, values, code, dof, inv2s2):  # pragma: no cover
-        n = indptr.shape[0] - 1
-        out = np.zeros(n, dtype=np.float64)
-        half = -(dof + 1.0) / 2.0
-        for i in range(n):
-            acc = 0.0
-            for e in range(indptr[i], indptr[i + 1]):
-                j = indices[e]
-                dx = float(x[i] - x[j])
-                dy = float(y[i] - y[j])
-                d2 = dx * dx + dy * dy
-                if code == 2:
-                    acc -= float(values[e]) * d2 * inv2s2
-                else:
-                    acc += float(values[e]) * half * math.log1p(d2 / dof)
-            out[i] = acc
-        return out.sum()
 
 
 def _xy(Y):
@@ -233,7 +279,7 @@ def _stack(fx, fy, d):
     return np.stack([fx, fy], axis=1) if d == 2 else fx[:, None]
 
 
-def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False):
+def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False, want_logw=False):
     """Exact all-pairs sums of a 1-D or 2-D embedding in one fused O(n^2)-time, O(n)-memory pass.
 
     Parameters
@@ -248,6 +294,8 @@ def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False
         ``c_j`` weighting the force sum; ones when None.
     want_slope : bool, default=False
         Also return ``sum_j g_ij (y_i - y_j)`` (the uniform attraction of debiasing).
+    want_logw : bool, default=False
+        Also return ``sum_{j != i} log w_ij`` (the loss of debiasing's uniform part).
 
     Returns
     -------
@@ -257,6 +305,15 @@ def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False
         ``sum_j w_ij g_ij c_j (y_i - y_j)``.
     slope : ndarray of shape (n, d) or None
         ``sum_j g_ij (y_i - y_j)`` when ``want_slope``.
+    logw : ndarray of shape (n,) or None
+        ``sum_{j != i} log w_ij`` when ``want_logw``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z, force, _, logw = repulsion_field(np.array([[0.0, 0.0], [1.0, 0.0]]), CAUCHY, want_logw=True)
+    >>> z.tolist(), force[:, 0].tolist(), logw.round(4).tolist()
+    ([0.5, 0.5], [-0.25, 0.25], [-0.6931, -0.6931])
     """
     x, y = _xy(Y)
     n = x.shape[0]
@@ -266,12 +323,19 @@ def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False
     ranges = _blocks(np.arange(n + 1), _n_blocks(n * n))
     fixed = (x, y, c, code, float(dof), float(inv2s2), bool(want_slope))
     _run(_repulsion, lambda r: fixed + r + (z, fx, fy, gx, gy), ranges)
+    lw = None
+    if want_logw:
+        lw = np.empty(n)
+        _run(_log_weight_sums, lambda r: (x, y, code, float(dof), float(inv2s2)) + r + (lw,), ranges)
     d = Y.shape[1]
-    return z, _stack(fx, fy, d), (_stack(gx, gy, d) if want_slope else None)
+    return z, _stack(fx, fy, d), (_stack(gx, gy, d) if want_slope else None), lw
 
 
-def attraction_csr(Y, indptr, indices, values, code, dof=1.0, inv2s2=0.0, scale=1.0, want_loss=False):
-    """``scale * sum_j p_ij g_ij (y_i - y_j)`` over the non-zeros of a CSR ``P``, and ``sum p log w``.
+def attraction_csr(Y, indptr, indices, values, code, dof=1.0, inv2s2=0.0, scale=1.0, want_loss=False,
+                   loss_values=None):
+    """``scale * sum_j p_ij g_ij (y_i - y_j)`` over the non-zeros of a CSR ``P``, and ``sum l_ij log w_ij``.
+
+    Both in one parallel pass over the non-zeros: the loss term reuses the distances of the force.
 
     Parameters
     ----------
@@ -283,17 +347,30 @@ def attraction_csr(Y, indptr, indices, values, code, dof=1.0, inv2s2=0.0, scale=
     scale : float, default=1.0
         Factor on the force (exaggeration, debiasing).
     want_loss : bool, default=False
-        Also compute ``sum_ij p_ij log w_ij`` (unscaled).
+        Also compute ``sum_ij l_ij log w_ij`` (unscaled).
+    loss_values : ndarray, default=None
+        The weights ``l`` on the same non-zeros (e.g. the conditional ``p`` aligned to the
+        symmetrised pattern); ``values`` when None.
 
     Returns
     -------
     force : ndarray of shape (n, d)
     plogw : float or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Y = np.array([[0.0, 0.0], [1.0, 0.0]])
+    >>> force, plogw = attraction_csr(Y, np.array([0, 1, 2]), np.array([1, 0], dtype=np.int32),
+    ...                               np.array([0.5, 0.5]), CAUCHY, want_loss=True)
+    >>> force[:, 0].tolist(), round(plogw, 4)
+    ([-0.25, 0.25], -0.6931)
     """
     x, y = _xy(Y)
     fx, fy = np.empty_like(x), np.empty_like(x)
+    lv = values if loss_values is None else loss_values
+    plogw = np.empty(x.shape[0]) if want_loss else np.empty(0)
     ranges = _blocks(indptr, _n_blocks(len(indices) * 4))
-    fixed = (x, y, indptr, indices, values, code, float(dof), float(inv2s2), float(scale))
-    _run(_attraction, lambda r: fixed + r + (fx, fy), ranges)
-    plogw = _cross_entropy(x, y, indptr, indices, values, code, float(dof), float(inv2s2)) if want_loss else None
-    return _stack(fx, fy, Y.shape[1]), plogw
+    fixed = (x, y, indptr, indices, values, lv, code, float(dof), float(inv2s2), float(scale), bool(want_loss))
+    _run(_attraction, lambda r: fixed + r + (fx, fy, plogw), ranges)
+    return _stack(fx, fy, Y.shape[1]), (float(plogw.sum()) if want_loss else None)
