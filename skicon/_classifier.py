@@ -182,6 +182,7 @@ class _ICONNetworkBase(BaseEstimator):
         if sampler is not None:
             trainer.sample_batch = sampler
         self.loss_curve_ = np.asarray(trainer.run(), dtype=np.float64)
+        self.loss_curve_iterations_ = np.asarray(trainer.history_iterations)
         self.n_iter_ = trainer.n_iter
         self.n_epochs_ = trainer.n_iter / steps_per_epoch
 
@@ -287,7 +288,10 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator)`` after every optimiser step (1-based); truthy stops.
+        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
+        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
+        estimator) with the number of iterations done and the logged loss; a truthy return
+        stops training.
 
     Attributes
     ----------
@@ -300,8 +304,12 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         training, consecutive blocks of ``batch_size``; augmentations drawn with seed 0): equal
         to ``get_method("cross_entropy").loss(X, transform(X), y=y, prototypes=W, p=p_, q=q_)``
         with ``W`` the prototypes, when there is no augmentation.
-    loss_curve_ : ndarray of shape (n_iter_,)
-        Loss of every iteration.
+    loss_curve_ : ndarray of shape (n_logs,)
+        The loss logged every 50 iterations and after the last one (at
+        ``loss_curve_iterations_``): the mean batch loss over the iterations since the previous
+        log.
+    loss_curve_iterations_ : ndarray of shape (n_logs,)
+        Iteration of each entry of ``loss_curve_``.
     n_iter_ : int
         Iterations run (optimiser steps).
     n_epochs_ : float

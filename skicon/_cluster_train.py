@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from ._cluster_heads import PRUNE_WINDOW, LogitTables, kmeans_pp, last_mean, lloyd_polish, pruning_schedule, sqdist
-from ._training import RowSampler, Trainer, check_callbacks
+from ._training import RowSampler, Trainer, check_callbacks, log_means
 from .kernels import normalize_rows
 from .objectives._cluster import (
     cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss,
@@ -150,8 +150,8 @@ def train_heads(module, objective, *, n_samples, plan, est, seed):
     """
     schedule = pruning_schedule(est.n_init, est.max_iter)
 
-    def prune(iteration, loss, estimator):
-        keep = schedule.get(iteration)  # iterations done, 1-based
+    def prune(trainer, loss):
+        keep = schedule.get(trainer.n_iter)  # iterations done, 1-based
         if keep is not None:
             window = np.array(objective.per_head[-PRUNE_WINDOW:])[:, module.active].mean(axis=0)
             kept = np.asarray(module.active)[np.argsort(window, kind="stable")[:keep]]
@@ -163,7 +163,7 @@ def train_heads(module, objective, *, n_samples, plan, est, seed):
     trainer = Trainer(
         module, objective, n_samples=n_samples, batch_size=min(est.batch_size, n_samples), n_steps=est.max_iter,
         learning_rate=plan.learning_rate, ema=est.ema, device=est._device, random_state=seed,
-        callbacks=[prune, *check_callbacks(est.callbacks)], verbose=est.verbose, estimator=est,
+        callbacks=check_callbacks(est.callbacks), hooks=[prune], verbose=est.verbose, estimator=est,
         desc="ICONClustering",
     )
     trainer.run()
@@ -180,13 +180,13 @@ def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):
 
     The relaxation runs through the Trainer: one table of soft-assignment logits per seeding,
     trained side by side by Adam on :func:`probabilistic_kmeans_loss` (each table's gradient is
-    its own objective's), ``n_relax`` iterations with per-iteration callbacks. Each run's soft
+    its own objective's), ``n_relax`` iterations with the Trainer's callbacks. Each run's soft
     means then start the exact minimisation step, :func:`lloyd_polish` (hard assignment and
     means, which cannot increase the objective). Returns the fitted quantities as a dict.
     """
     Z = np.array(Z, dtype=np.float64)  # a writable copy (torch shares its memory)
     seeds = [kmeans_pp(Z, k, rng) for _ in range(n_init)]
-    history, n_iter = np.empty((0, n_init)), 0
+    history, n_iter, logged = np.empty((0, n_init)), 0, []
     if n_relax > 0:
         scale = max(float(Z.var(axis=0).sum()), 1e-12)
         tables = LogitTables(np.stack([-sqdist(Z, c) / scale * k for c in seeds]))
@@ -201,14 +201,14 @@ def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):
         trainer = Trainer(tables, objective, n_steps=n_relax, learning_rate=learning_rate,
                           callbacks=est.callbacks, verbose=est.verbose, estimator=est, desc="ICONClustering")
         trainer.run()
-        history, n_iter = np.array(per_head), trainer.n_iter
+        history, n_iter, logged = np.array(per_head), trainer.n_iter, trainer.history_iterations
         phi = torch.softmax(tables.weight.detach(), dim=-1).numpy()
         seeds = [(f.T @ Z) / np.maximum(f.sum(0), 1e-12)[:, None] for f in phi]
     runs = [lloyd_polish(Z, c) for c in seeds]
     best = int(np.argmin([r[0] for r in runs]))
     inertia, labels, centers = runs[best]
-    return dict(inertia=inertia, labels=labels, centers=centers, loss_curve=history[:, best], n_iter=n_iter,
-                init_losses=np.array([r[0] for r in runs]))
+    return dict(inertia=inertia, labels=labels, centers=centers, loss_curve=log_means(history[:, best], logged),
+                loss_curve_iterations=np.asarray(logged), n_iter=n_iter, init_losses=np.array([r[0] for r in runs]))
 
 
 # ---------------------------------------------------------------------------------------------

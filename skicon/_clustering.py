@@ -23,7 +23,7 @@ from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
 from ._cluster_train import BlockObjective, PairObjective, _BatchInputs, relax_kmeans, train_heads
 from ._registry import METHODS
-from ._training import batched_forward, check_callbacks
+from ._training import batched_forward, check_callbacks, log_means
 from ._utils import resolve_device, seed_from_random_state
 from .kernels import Gaussian, Kernel
 from .mappers import MAPPERS, make_mapper
@@ -104,9 +104,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose : bool or int, default=False
         Show the Trainer's progress bar with the loss, and a summary line.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool`` after every Trainer iteration (1-based, the
-        number of steps done; ``loss`` is the mean over the restarts still trained); a truthy
-        return stops training ("kmeans"/"spectral": the relaxation; the polish still runs).
+        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
+        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
+        estimator) with the number of iterations done and the logged loss (the mean
+        over the restarts still trained); a truthy return
+        stops training.
+        "kmeans"/"spectral": the relaxation; the polish still runs.
     n_jobs : int, default=None
         Parallel jobs of the neighbour search.
 
@@ -123,8 +126,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         "kmeans"/"spectral": sum of squared float64 distances to the nearest centre.
     n_iter_ : int
         Trainer iterations run (optimiser steps; the relaxation for "kmeans"/"spectral").
-    loss_curve_ : ndarray of shape (n_iter_,)
-        Loss of the kept restart at each iteration.
+    loss_curve_ : ndarray of shape (n_logs,)
+        The loss logged every 50 iterations and after the last one (at
+        ``loss_curve_iterations_``): the kept restart's mean batch loss over the iterations since
+        the previous log.
+    loss_curve_iterations_ : ndarray of shape (n_logs,)
+        Iteration of each entry of ``loss_curve_``.
     loss_ : float
         The row's loss of the fitted model on the training data, evaluated exactly in
         consecutive blocks of ``batch_size`` (exact whenever n_samples <= batch_size): for the
@@ -332,7 +339,8 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
                                                                 est=self, seed=seed)
         self.init_n_iter_ = np.isfinite(history).sum(axis=0)
         self.module_ = module.head(best).eval()
-        self.loss_curve_, self.n_iter_ = history[:, best], trainer.n_iter
+        self.loss_curve_ = log_means(history[:, best], trainer.history_iterations)
+        self.loss_curve_iterations_, self.n_iter_ = np.asarray(trainer.history_iterations), trainer.n_iter
         self._train_logits = batched_forward(
             self.module_, np.arange(n) if self.mapper == "table" else Xs, device=self._device,
             dtype=torch.long if self.mapper == "table" else torch.float32)
@@ -348,6 +356,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.module_ = CenterScores(fit["centers"], sigma2)
         self.p_ = Gaussian(sigma=float(np.sqrt(sigma2)), n_neighbors=None, include_self=True)
         self.loss_curve_, self.n_iter_, self.init_losses_ = fit["loss_curve"], fit["n_iter"], fit["init_losses"]
+        self.loss_curve_iterations_ = fit["loss_curve_iterations"]
         self.inertia_, self._train_Z = fit["inertia"], Z
         self.loss_ = row_loss(self, self._center_logits(Z))
 

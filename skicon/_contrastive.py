@@ -149,7 +149,10 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator)`` after every optimiser step (1-based); truthy stops.
+        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
+        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
+        estimator) with the number of iterations done and the logged loss; a truthy return
+        stops training.
 
     Attributes
     ----------
@@ -161,8 +164,12 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         and seed 0 for every draw): exact whenever ``n_samples <= batch_size``. With
         drawn positives (augmentations, neighbours) or triplet negatives it is one fixed-seed
         draw of them.
-    loss_curve_ : ndarray of shape (n_iter_,)
-        Loss of every iteration.
+    loss_curve_ : ndarray of shape (n_logs,)
+        The loss logged every 50 iterations and after the last one (at
+        ``loss_curve_iterations_``): the mean batch loss over the iterations since the previous
+        log.
+    loss_curve_iterations_ : ndarray of shape (n_logs,)
+        Iteration of each entry of ``loss_curve_``.
     n_iter_ : int
         Iterations run (optimiser steps).
     n_epochs_ : float

@@ -125,8 +125,10 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss, and a one-line summary, when positive.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool`` called after every iteration (1-based) with
-        that iteration's loss; a truthy return stops training.
+        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
+        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
+        estimator) with the number of iterations done and the logged loss; a truthy return
+        stops training.
     n_jobs : int, default=None
         CPU threads for torch, the compiled loops and the neighbour search (-1: all cores).
 
@@ -152,10 +154,12 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     loss_ : float
         Same as ``kl_divergence_``: equals ``get_method(row).loss(X, embedding_, p=p_, q=q_,
         normalization=normalization_)`` (exact modes).
-    loss_curve_ : ndarray of shape (n_iter_,)
-        Loss of every iteration (evaluated before that iteration's step).
-    loss_curve_iterations_ : ndarray of shape (n_iter_,)
-        ``1 .. n_iter_`` (kept for compatibility).
+    loss_curve_ : ndarray of shape (n_logs,)
+        The loss logged every 50 iterations and after the last one (at
+        ``loss_curve_iterations_``): the exact loss at that iteration, before its step (the engine
+        computes it only there: it costs one more pass over the edges).
+    loss_curve_iterations_ : ndarray of shape (n_logs,)
+        Iteration of each entry of ``loss_curve_``.
     n_iter_ : int
         Iterations (optimiser steps) run.
     module_ : torch.nn.Module
@@ -304,7 +308,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         self.kl_divergence_ = self.loss_ = float(loss)
         self.loss_curve_ = np.asarray(trainer.history, dtype=np.float64)
         self.n_iter_ = trainer.n_iter
-        self.loss_curve_iterations_ = np.arange(1, trainer.n_iter + 1)
+        self.loss_curve_iterations_ = np.asarray(trainer.history_iterations)
         self.learning_rate_ = self.learning_rate
         if plan.mapper != "table":
             self.module_ = module.eval()
@@ -403,7 +407,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
                        "tolerance_grad": 0.0, "tolerance_change": 0.0}
             trainer = Trainer(module, objective, n_steps=self.max_iter, optimizer="lbfgs",
                               learning_rate=1.0 if auto else float(self.learning_rate), optimizer_options=options,
-                              device=device, callbacks=[*callbacks, LossStalled()], verbose=self.verbose,
+                              device=device, callbacks=callbacks, hooks=[LossStalled()], verbose=self.verbose,
                               estimator=self, desc="ICONEmbedding")
         else:
             trainer = Trainer(module, objective, n_steps=self.max_iter, n_samples=n, batch_size=self.batch_size,

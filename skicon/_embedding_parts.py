@@ -394,13 +394,13 @@ class DenseObjective:
 
 
 class LossStalled:
-    """Internal callback: stop when the loss has not moved for ``patience`` iterations (LBFGS at rest)."""
+    """Trainer hook: stop when the loss has not moved for ``patience`` iterations (LBFGS at rest)."""
 
     def __init__(self, patience=20, rtol=1e-12):
         self.patience, self.rtol = patience, rtol
         self.prev, self.still = math.inf, 0
 
-    def __call__(self, iteration, loss, estimator):
+    def __call__(self, trainer, loss):
         # relative to the loss itself: the wide-Gaussian limits have losses of 1e-10 that still move
         self.still = self.still + 1 if abs(self.prev - loss) <= self.rtol * abs(loss) else 0
         self.prev = loss

@@ -4,7 +4,11 @@ Every estimator trains through :class:`Trainer`: the t-SNE engine (analytic grad
 gains optimiser, early-exaggeration phases), parametric embeddings, the exact dense path
 (LBFGS), the k-means relaxation, clustering heads, contrastive encoders and classifiers. One
 iteration is one optimiser step; callbacks, ``n_iter_``, ``loss_curve_`` and the progress bar
-mean the same thing in every estimator.
+mean the same thing in every estimator: the loss is logged, and the callbacks are called, every
+:data:`LOG_EVERY` iterations and after the last one. A minibatch objective logs the mean loss
+of the iterations since the previous log; an objective whose loss costs extra work (the t-SNE
+engine's exact loss needs one more pass over the edges, 40-60 % of an iteration) computes it
+only when :attr:`Trainer.wants_loss` is true.
 
 The step is a closure (as ``torch.optim.Optimizer.step(closure)`` expects): it zeroes the
 gradients, evaluates the objective and back-propagates when the loss carries an autograd graph.
@@ -22,7 +26,13 @@ import torch
 
 from ._utils import torch_generator
 
-__all__ = ["Trainer", "GainsSGD", "RowSampler", "check_callbacks", "ConvergenceStop", "batched_forward"]
+__all__ = ["Trainer", "GainsSGD", "RowSampler", "check_callbacks", "ConvergenceStop", "batched_forward", "LOG_EVERY",
+           "log_means"]
+
+#: Iterations between two loss logs and callback calls, in every estimator (and after the last
+#: iteration). 50 is scikit-learn's and openTSNE's t-SNE cadence: the t-SNE engine's exact loss
+#: then costs about 1 % of the fit instead of 40-60 % when computed at every iteration.
+LOG_EVERY = 50
 
 
 class GainsSGD(torch.optim.Optimizer):
@@ -103,6 +113,33 @@ OPTIMIZERS = {
 }
 
 
+def log_means(per_iteration, iterations):
+    """Means of a per-iteration series over the windows that end at the logged ``iterations``.
+
+    What the Trainer logs for a minibatch objective, for a series it did not see itself (e.g.
+    one restart's loss among several trained side by side).
+
+    Parameters
+    ----------
+    per_iteration : array-like of shape (n_iter,)
+        A value per iteration.
+    iterations : list of int
+        The logged iterations (1-based, increasing), e.g. ``Trainer.history_iterations``.
+
+    Returns
+    -------
+    ndarray of shape (len(iterations),)
+
+    Examples
+    --------
+    >>> log_means([1.0, 3.0, 5.0, 7.0, 9.0], [2, 4, 5]).tolist()
+    [2.0, 6.0, 9.0]
+    """
+    values = np.asarray(per_iteration, dtype=np.float64)
+    bounds = [0, *[int(i) for i in iterations]]
+    return np.array([values[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+
+
 def check_callbacks(callbacks):
     """Validate ``callbacks``: None, one callable, or a list of callables.
 
@@ -135,7 +172,7 @@ class ConvergenceStop:
     Parameters
     ----------
     patience : int, default=50
-        Iterations without an improvement of at least ``tol`` before stopping.
+        Calls (loss logs) without an improvement of at least ``tol`` before stopping.
     tol : float, default=1e-4
         Minimum improvement.
 
@@ -243,7 +280,8 @@ class Trainer:
         ``objective(module, batch, teacher) -> torch scalar``; ``batch`` comes from
         :meth:`sample_batch` (None for full-batch training) and ``teacher`` is the EMA copy of the
         module (the module itself without ``ema``). When the loss has an autograd graph the
-        trainer back-propagates it; otherwise the objective has written the gradients itself.
+        trainer back-propagates it; otherwise the objective has written the gradients itself
+        and may return None on iterations where :attr:`wants_loss` is false.
     n_steps : int
         Iterations (optimiser steps) to run, the sum of the phases' lengths when ``phases`` is
         given.
@@ -273,14 +311,33 @@ class Trainer:
     random_state : int, RandomState instance or None, default=None
         Seed of the batch order.
     callbacks : list of callables, default=()
-        ``cb(iteration, loss, estimator) -> bool`` after every iteration, with the number of
-        iterations done (1-based) and that iteration's loss; a truthy return stops training.
+        ``cb(iteration, loss, estimator) -> bool`` at every loss log (every ``log_every``
+        iterations and after the last one), with the number of iterations done (1-based) and the
+        logged loss; a truthy return stops training.
+    hooks : list of callables, default=()
+        ``hook(trainer, loss) -> bool`` after every iteration, with that iteration's loss (None
+        when the objective did not compute it): the estimators' own per-iteration logic (restart
+        pruning, LBFGS at rest), not a user interface. A truthy return stops training; the
+        iterations since the last log are then logged.
+    log_every : int, default=LOG_EVERY
+        Iterations between two loss logs.
     verbose : bool or int, default=False
         Show a progress bar with the loss, and a one-line summary at the end.
     estimator : object, default=None
         Passed to callbacks.
     desc : str, default="skicon"
         Progress-bar label.
+
+    Attributes
+    ----------
+    history : list of float
+        The logged losses (one per log).
+    history_iterations : list of int
+        The iteration of each log.
+    n_iter : int
+        Iterations run.
+    wants_loss : bool
+        Whether the iteration being run will be logged (objectives with a costly loss read it).
     """
 
     def __init__(
@@ -301,6 +358,8 @@ class Trainer:
         device="cpu",
         random_state=None,
         callbacks=(),
+        hooks=(),
+        log_every=LOG_EVERY,
         verbose=False,
         estimator=None,
         desc="skicon",
@@ -320,11 +379,15 @@ class Trainer:
         self.device = torch.device(device)
         self.generator = torch_generator(random_state)
         self.callbacks = check_callbacks(callbacks)
+        self.hooks = list(hooks)
+        self.log_every = max(1, int(log_every))
         self.verbose = verbose
         self.estimator = estimator
         self.desc = desc
         self.history = []
+        self.history_iterations = []
         self.n_iter = 0
+        self.wants_loss = True
         self.phase = self.phases[0]
         self._order = None
         self._cursor = 0
@@ -368,6 +431,8 @@ class Trainer:
         return self.objective(self.module, batch, self.teacher)
 
     def _check_finite(self, loss):
+        if loss is None:
+            return
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
@@ -376,7 +441,10 @@ class Trainer:
             )
 
     def step(self, batch):
-        """One optimisation step (the closure may run several times, e.g. in LBFGS); returns the loss."""
+        """One optimisation step (the closure may run several times, e.g. in LBFGS); returns the loss.
+
+        The loss is a float, or None when the objective skipped it (see :attr:`wants_loss`).
+        """
 
         def closure():
             self.opt.zero_grad(set_to_none=True)
@@ -393,6 +461,8 @@ class Trainer:
         if self.sched is not None:
             self.sched.step()
         self.update_teacher()
+        if loss is None:
+            return None
         return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
     @torch.no_grad()
@@ -427,28 +497,34 @@ class Trainer:
         Returns
         -------
         list of float
-            The loss of each iteration.
+            The logged losses (:attr:`history`).
         """
         from tqdm.auto import tqdm
 
         self.module.train()
         self.opt, self.sched = self.make_optimizer()
         self.teacher = self._make_teacher()
-        bar = tqdm(total=self.n_steps, desc=self.desc, disable=not self.verbose, leave=False)
+        total = sum(int(phase["n_steps"]) for phase in self.phases)
+        bar = tqdm(total=total, desc=self.desc, disable=not self.verbose, leave=False)
         start = time.perf_counter()
-        stop = False
+        window = []
         try:
             for phase in self.phases:
                 self._enter_phase(phase)
+                stop = False
                 for _ in range(int(phase["n_steps"])):
+                    self.wants_loss = (self.n_iter + 1) % self.log_every == 0 or self.n_iter + 1 == total
                     loss = self.step(self.sample_batch())
-                    self.history.append(loss)
                     self.n_iter += 1
                     bar.update(1)
-                    if self.verbose and (self.n_iter % 10 == 0 or self.n_iter == 1):
-                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                    if any([bool(cb(self.n_iter, loss, self.estimator)) for cb in self.callbacks]):
-                        stop = True
+                    if loss is not None:
+                        window.append(loss)
+                    done = any([bool(hook(self, loss)) for hook in self.hooks])
+                    if (self.wants_loss or done) and window:
+                        stop = self._log(float(np.mean(window)), bar)
+                        window = []
+                    stop = stop or done
+                    if stop:
                         break
                 if stop:
                     break
@@ -459,6 +535,14 @@ class Trainer:
                        f"final loss {self.history[-1]:.6g}")
         self.module.eval()
         return self.history
+
+    def _log(self, loss, bar):
+        """Record a logged loss, show it and call the callbacks; True when one asks to stop."""
+        self.history.append(loss)
+        self.history_iterations.append(self.n_iter)
+        if self.verbose:
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        return any([bool(cb(self.n_iter, loss, self.estimator)) for cb in self.callbacks])
 
 
 def batched_forward(module, X, *, batch_size=4096, device="cpu", dtype=torch.float32):

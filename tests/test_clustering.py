@@ -113,7 +113,9 @@ def test_infonce_recovers_blobs_and_uses_every_cluster(blobs):
     assert proba.shape == (len(X), 4) and np.allclose(proba.sum(1), 1)
     assert np.allclose(est.transform(X), proba)
     assert est.cluster_centers_.shape == (4, 2)
-    assert len(est.loss_curve_) == est.n_iter_ == FAST["max_iter"]
+    # logged every 50 iterations and after the last one
+    assert est.n_iter_ == FAST["max_iter"] and est.loss_curve_iterations_.tolist() == [50, 60]
+    assert len(est.loss_curve_) == 2
     assert np.isfinite(est.score(X))
 
 
@@ -166,9 +168,10 @@ def test_augment_positives(blobs):
 def test_callback_stops_training(blobs):
     X, _ = blobs
     seen = []
-    est = ICONClustering(4, callbacks=lambda it, loss, e: seen.append(it) or it >= 2, random_state=0, **FAST).fit(X)
-    assert seen == [1, 2]  # 1-based: the number of iterations done, after every iteration
-    assert est.n_iter_ == 2 and len(est.loss_curve_) == 2
+    kw = {**FAST, "max_iter": 160}
+    est = ICONClustering(4, callbacks=lambda it, loss, e: seen.append(it) or it >= 100, random_state=0, **kw).fit(X)
+    assert seen == [50, 100]  # the number of iterations done, at every loss log (every 50)
+    assert est.n_iter_ == 100 and len(est.loss_curve_) == 2
 
 
 def test_kmeans_matches_sklearn_inertia_on_blobs(blobs):
@@ -294,8 +297,10 @@ def test_restarts_are_pruned_on_recent_loss(blobs, monkeypatch):
     # each restart's figure is its own recent mean; the kept head is the better survivor
     dropped = np.flatnonzero(est.init_n_iter_ == 100)
     assert np.allclose(est.init_losses_[dropped], window[dropped])
-    assert np.isclose(est.init_losses_[survivors].min(), np.mean(est.loss_curve_[-50:]))
-    assert len(est.loss_curve_) == est.n_iter_ == 200
+    assert est.n_iter_ == 200 and est.loss_curve_iterations_.tolist() == [50, 100, 150, 200]
+    # the last logged loss is the kept head's mean over steps 151-200, its init_losses_ the mean
+    # over its last 50 steps: the same window
+    assert np.isclose(est.init_losses_[survivors].min(), est.loss_curve_[-1])
 
 
 def test_positive_sampler_draws_each_row_distribution():
@@ -330,7 +335,9 @@ def _small():
 def test_method_accepts_every_row_and_alias(name):
     X, _ = _small()
     est = ICONClustering(3, method=name, max_iter=30, n_init=2, batch_size=32, random_state=0).fit(X)
-    assert est.n_iter_ == len(est.loss_curve_) >= 1 and isinstance(est.loss_curve_, np.ndarray)
+    assert est.n_iter_ >= 1 and isinstance(est.loss_curve_, np.ndarray)
+    assert len(est.loss_curve_) == len(est.loss_curve_iterations_) >= 1
+    assert est.loss_curve_iterations_[-1] == est.n_iter_
     assert np.isfinite(est.loss_) and est.p_ is not None and est.q_ is not None
 
 
@@ -458,14 +465,14 @@ def test_kmeans_labels_are_float64_nearest_centres_far_from_origin():
 def test_centroid_rows_run_through_the_trainer(name, capsys):
     X, _ = _small()
     seen = []
-    est = ICONClustering(3, method=name, n_init=2, max_iter=50, random_state=0, verbose=True,
-                         callbacks=lambda it, loss, e: seen.append((it, loss)) or it >= 7).fit(X)
-    assert [it for it, _ in seen] == list(range(1, 8))
-    assert est.n_iter_ == 7 and len(est.loss_curve_) == 7
+    est = ICONClustering(3, method=name, n_init=2, max_iter=300, random_state=0, verbose=True,
+                         callbacks=lambda it, loss, e: seen.append((it, loss)) or it >= 50).fit(X)
+    assert [it for it, _ in seen] == [50]  # the relaxation logs every 50 iterations
+    assert est.n_iter_ == 50 and len(est.loss_curve_) == 1
     assert "ICONClustering" in capsys.readouterr().err  # the Trainer's summary line
-    full = ICONClustering(3, method=name, n_init=2, max_iter=50, random_state=0).fit(X)
-    assert full.n_iter_ == 50
-    assert np.allclose(est.loss_curve_, full.loss_curve_[:7])
+    full = ICONClustering(3, method=name, n_init=2, max_iter=300, random_state=0).fit(X)
+    assert full.n_iter_ == 100 and full.loss_curve_iterations_.tolist() == [50, 100]  # at most 100
+    assert np.allclose(est.loss_curve_, full.loss_curve_[:1])
 
 
 def test_ncut_trains_its_reverse_row_on_batch_blocks(blobs):

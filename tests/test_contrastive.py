@@ -255,8 +255,10 @@ def test_fit_transform_shapes_attributes_and_dtype(digits):
     Z = est.transform(X)
     assert Z.shape == (240, 4) and Z.dtype == np.float64
     assert est.positives_ == "labels"
-    # max_iter counts epochs; n_iter_ counts optimiser steps, loss_curve_ has one loss per step.
-    assert est.n_epochs_ == 3 and len(est.loss_curve_) == est.n_iter_ == 3 * (240 // 32)
+    # max_iter counts epochs; n_iter_ counts optimiser steps; the loss is logged every 50 steps
+    # and after the last one
+    assert est.n_epochs_ == 3 and est.n_iter_ == 3 * (240 // 32)
+    assert len(est.loss_curve_) == 1 and est.loss_curve_iterations_.tolist() == [est.n_iter_]
     assert isinstance(est.loss_curve_, np.ndarray) and np.all(np.isfinite(est.loss_curve_))
     assert np.isfinite(est.loss_) and isinstance(est.p_, Labels) and isinstance(est.q_, Cosine)
     assert est.transform(X.astype(np.float32)).dtype == np.float32
@@ -283,8 +285,9 @@ def test_supcon_training_lowers_loss_and_separates_classes(digits):
     X, y = digits
     from sklearn.neighbors import KNeighborsClassifier
 
-    est = ICONContrastive(method="supcon", n_components=8, hidden_layer_sizes=(64,), max_iter=25,
+    est = ICONContrastive(method="supcon", n_components=8, hidden_layer_sizes=(64,), max_iter=60,
                           batch_size=64, learning_rate=3e-3, random_state=0).fit(X[:160], y[:160])
+    assert est.loss_curve_iterations_.tolist() == [50, 100, 120]
     assert est.loss_curve_[-1] < est.loss_curve_[0]
     assert est.loss_ < est.loss_curve_[0]
     Z = est.transform(X)
@@ -360,17 +363,19 @@ def test_callbacks_stop_training(digits):
 
     def stop_after_two(iteration, loss, estimator):
         seen.append((iteration, loss))
-        return iteration >= 2
+        return iteration >= 100
 
-    est = ICONContrastive(method="supcon", callbacks=stop_after_two, random_state=0, **SMALL).fit(X, y)
-    # Callbacks run after every optimiser step, 1-based; a truthy return stops training.
-    assert est.n_iter_ == 2 and [it for it, _ in seen] == [1, 2]
+    est = ICONContrastive(method="supcon", callbacks=stop_after_two, random_state=0, **{**SMALL, "max_iter": 20})
+    est.fit(X, y)
+    # Callbacks run at every loss log (every 50 steps), with the steps done; truthy stops.
+    assert est.n_iter_ == 100 and [it for it, _ in seen] == [50, 100]
     np.testing.assert_array_equal(est.loss_curve_, [loss for _, loss in seen])
-    assert est.n_epochs_ == pytest.approx(2 / (240 // 32))
+    assert est.n_epochs_ == pytest.approx(100 / (240 // 32))
     clf_seen = []
     clf = ICONClassifier(max_iter=3, batch_size=64, hidden_layer_sizes=(8,), random_state=0,
                          callbacks=lambda it, loss, est: clf_seen.append(it)).fit(X, y)
-    assert clf_seen == list(range(1, clf.n_iter_ + 1)) and clf.n_iter_ == 3 * (240 // 64) == len(clf.loss_curve_)
+    # 9 steps: one log, after the last one
+    assert clf_seen == [9] and clf.n_iter_ == 3 * (240 // 64) and len(clf.loss_curve_) == 1
 
 
 def test_pickle_roundtrip_gives_same_transform(digits):

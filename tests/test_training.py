@@ -22,7 +22,8 @@ def _trainer(**kw):
 def test_trainer_minimises_and_records_history():
     trainer, module = _trainer()
     history = trainer.run()
-    assert len(history) == 200 and trainer.n_iter == 200
+    # one log every LOG_EVERY (50) iterations: the mean loss of the 50 batches since the last one
+    assert trainer.n_iter == 200 and len(history) == 4 and trainer.history_iterations == [50, 100, 150, 200]
     assert history[-1] < 1e-3 < history[0]
     assert torch.allclose(module.weight, torch.ones(20, 2), atol=0.05)
 
@@ -43,10 +44,37 @@ def test_callback_stops_training():
         seen.append(it)
         return it == 5
 
-    trainer, _ = _trainer(callbacks=[stop_at_5])
+    trainer, _ = _trainer(callbacks=[stop_at_5], log_every=1)
     trainer.run()
     # iterations are counted from 1: the callback sees how many steps are done
     assert trainer.n_iter == 5 and seen == [1, 2, 3, 4, 5]
+
+
+def test_callbacks_and_logs_every_log_every_iterations_and_at_the_end():
+    seen, per_step = [], []
+    trainer, _ = _trainer(n_steps=120, callbacks=lambda it, loss, est: seen.append((it, loss)),
+                          hooks=[lambda tr, loss: per_step.append(loss)])
+    trainer.run()
+    assert [it for it, _ in seen] == [50, 100, 120] == trainer.history_iterations
+    # each log is the mean of the per-iteration losses of its window; hooks see every iteration
+    assert len(per_step) == 120
+    windows = [per_step[:50], per_step[50:100], per_step[100:]]
+    assert [loss for _, loss in seen] == pytest.approx([np.mean(w) for w in windows], rel=1e-12)
+
+
+def test_objective_may_skip_the_loss_between_logs():
+    module = Table(torch.zeros(3, 1, dtype=torch.float64))
+    asked = []
+
+    def objective(m, batch, teacher):
+        asked.append(trainer.wants_loss)
+        m.weight.grad = m.weight.detach() - 1.0
+        return torch.tensor(float(((m.weight.detach() - 1.0) ** 2).sum())) if trainer.wants_loss else None
+
+    trainer = Trainer(module, objective, n_steps=7, optimizer="sgd", learning_rate=0.1, log_every=3)
+    history = trainer.run()
+    assert asked == [False, False, True, False, False, True, True]
+    assert trainer.history_iterations == [3, 6, 7] and len(history) == 3
 
 
 def test_nan_loss_raises_clear_error():
@@ -134,7 +162,7 @@ def test_full_batch_lbfgs_counts_one_iteration_per_optimiser_step():
     seen = []
     trainer = Trainer(module, lambda m, b, t: ((m.weight - 3.0) ** 2).sum(), n_steps=5, optimizer="lbfgs",
                       learning_rate=1.0, optimizer_options={"max_iter": 1, "line_search_fn": "strong_wolfe"},
-                      callbacks=lambda it, loss, est: seen.append(it))
+                      callbacks=lambda it, loss, est: seen.append(it), log_every=1)
     history = trainer.run()
     assert trainer.n_iter == len(history) == 5 and seen == [1, 2, 3, 4, 5]
     assert history[-1] < 1e-12 < history[0]
@@ -154,7 +182,7 @@ def test_analytic_gradient_objective_with_phases_and_gains():
     phases = [{"n_steps": 3, "scale": 2.0, "optimizer": {"momentum": 0.0}},
               {"n_steps": 4, "scale": 1.0, "optimizer": {"momentum": 0.5}}]
     trainer = Trainer(module, objective, n_steps=7, optimizer="gains", learning_rate=0.1, phases=phases,
-                      optimizer_options={"recenter": False})
+                      optimizer_options={"recenter": False}, log_every=1)
     history = trainer.run()
     assert factors == [2.0] * 3 + [1.0] * 4
     assert trainer.opt.param_groups[0]["momentum"] == 0.5

@@ -926,14 +926,16 @@ class EngineObjective:
 
     def __call__(self, module, batch, teacher):
         ex = 1.0 if self.trainer is None else float(self.trainer.phase.get("exaggeration", 1.0))
+        # the exact loss costs one more pass over the edges (40-60 % of an iteration): only when logged
+        want = self.trainer is None or self.trainer.wants_loss
         Y = self.embedding(module)
-        grad, loss = objective_and_gradient(Y.detach(), self.aff, self.kernel, exaggeration=ex, want_loss=True,
+        grad, loss = objective_and_gradient(Y.detach(), self.aff, self.kernel, exaggeration=ex, want_loss=want,
                                             **self.engine)
         if self.inputs is None:
             Y.grad = grad.to(Y.dtype)
         else:
             (Y * grad.to(Y.dtype)).sum().backward()
-        return torch.tensor(loss)
+        return torch.tensor(loss) if want else None
 
     def final_loss(self, Y):
         """The loss at ``Y`` (float64 when the repulsion is exact, so that it is exact)."""
