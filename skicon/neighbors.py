@@ -235,21 +235,30 @@ def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=Non
 
 
 def _row_entropy(sqdist, beta):
-    """Shannon entropy (nats) of rows of exp(-beta * d^2), normalised; d^2 rows start at 0."""
+    """Entropy (nats) of rows of exp(-beta * d^2), normalised, and its derivative in beta.
+
+    ``H = log Z + beta E[d^2]`` and ``dH/dbeta = -beta Var[d^2]`` under ``p ∝ exp(-beta d^2)``;
+    the rows of ``sqdist`` start at 0.
+    """
     logits = -beta[:, None] * sqdist
     logits -= logits.max(axis=1, keepdims=True)
     w = np.exp(logits)
     z = w.sum(axis=1)
     p = w / z[:, None]
-    return np.log(z) - (p * logits).sum(axis=1)
+    mean = (p * sqdist).sum(axis=1)
+    var = np.maximum((p * sqdist * sqdist).sum(axis=1) - mean * mean, 0.0)
+    return np.log(z) - (p * logits).sum(axis=1), -beta * var
 
 
 def perplexity_betas(sqdist, perplexity, *, tol=1e-10, max_iter=200):
     """Find per-row precisions beta_i = 1/(2 sigma_i^2) matching a target perplexity.
 
-    Vectorised bisection over all rows at once on the entropy
+    Safeguarded Newton iterations, vectorised over all rows at once, on the entropy
     ``H_i = -sum_j p_j|i log p_j|i`` with ``p_j|i ∝ exp(-beta_i d_ij^2)``, which decreases
-    monotonically in ``beta_i``; the target is ``H_i = log(perplexity)``.
+    monotonically in ``beta_i``; the target is ``H_i = log(perplexity)``. Each row keeps a
+    bracket of its root; a Newton step that leaves the bracket is replaced by bisection (or by
+    doubling while the bracket is open), so convergence is never worse than bisection and
+    usually takes a handful of steps instead of about 35.
 
     Parameters
     ----------
@@ -260,7 +269,7 @@ def perplexity_betas(sqdist, perplexity, *, tol=1e-10, max_iter=200):
     tol : float, default=1e-10
         Tolerance on the entropy in nats.
     max_iter : int, default=200
-        Maximum bisection steps.
+        Maximum steps.
 
     Returns
     -------
@@ -298,14 +307,18 @@ def perplexity_betas(sqdist, perplexity, *, tol=1e-10, max_iter=200):
     # iterations only touch the few slow rows.
     active = np.arange(n)
     for _ in range(max_iter):
-        h = _row_entropy(d[active], beta[active])
+        h, slope = _row_entropy(d[active], beta[active])
         diff = h - target
         keep = np.abs(diff) >= tol
-        active, diff = active[keep], diff[keep]
+        active, diff, slope = active[keep], diff[keep], slope[keep]
         if active.size == 0:
             break
         b, too_flat = beta[active], diff > 0  # entropy too high -> increase beta
         lo[active] = np.where(too_flat, b, lo[active])
         hi[active] = np.where(too_flat, hi[active], b)
-        beta[active] = np.where(np.isinf(hi[active]), b * 2.0, (lo[active] + hi[active]) / 2.0)
+        fallback = np.where(np.isinf(hi[active]), b * 2.0, (lo[active] + hi[active]) / 2.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = b - diff / slope
+        inside = np.isfinite(newton) & (newton > lo[active]) & (newton < hi[active])
+        beta[active] = np.where(inside, newton, fallback)
     return beta
