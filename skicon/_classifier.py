@@ -34,8 +34,7 @@ from .objectives._batch import cross_entropy_block
 
 __all__ = ["ICONClassifier"]
 
-#: Seed of every random draw of the end-of-fit loss (``loss_``) and of held-out scores.
-_EVAL_SEED = 0
+_EVAL_SEED = 0  #: seed of every random draw of the end-of-fit loss (``loss_``) and held-out scores
 
 
 def _method_names(estimator):
@@ -288,10 +287,8 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
-        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
-        estimator) with the number of iterations done and the logged loss; a truthy return
-        stops training.
+        ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
+        (the same cadence in every skicon estimator) with the logged loss; truthy stops.
 
     Attributes
     ----------
@@ -305,9 +302,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         to ``get_method("cross_entropy").loss(X, transform(X), y=y, prototypes=W, p=p_, q=q_)``
         with ``W`` the prototypes, when there is no augmentation.
     loss_curve_ : ndarray of shape (n_logs,)
-        The loss logged every 50 iterations and after the last one (at
-        ``loss_curve_iterations_``): the mean batch loss over the iterations since the previous
-        log.
+        The mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
         Iteration of each entry of ``loss_curve_``.
     n_iter_ : int
@@ -315,7 +310,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     n_epochs_ : float
         Epochs run, ``n_iter_ / (n_samples // batch_size)``.
     p_ : Kernel
-        Supervisory kernel: ``Prototypes()`` (the label indicator), ``Debiased`` when ``alpha > 0``.
+        ``Prototypes()`` (the label indicator), ``Debiased`` when ``alpha > 0``.
     q_ : Kernel
         Learned kernel, ``Prototypes(temperature)``.
     input_scale_ : float

@@ -104,12 +104,9 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose : bool or int, default=False
         Show the Trainer's progress bar with the loss, and a summary line.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
-        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
-        estimator) with the number of iterations done and the logged loss (the mean
-        over the restarts still trained); a truthy return
-        stops training.
-        "kmeans"/"spectral": the relaxation; the polish still runs.
+        ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one,
+        as in every skicon estimator, with the logged loss (mean over the restarts still
+        trained); truthy stops ("kmeans"/"spectral": the relaxation; the polish still runs).
     n_jobs : int, default=None
         Parallel jobs of the neighbour search.
 
@@ -127,9 +124,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
         Trainer iterations run (optimiser steps; the relaxation for "kmeans"/"spectral").
     loss_curve_ : ndarray of shape (n_logs,)
-        The loss logged every 50 iterations and after the last one (at
-        ``loss_curve_iterations_``): the kept restart's mean batch loss over the iterations since
-        the previous log.
+        The kept restart's mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
         Iteration of each entry of ``loss_curve_``.
     loss_ : float
@@ -139,8 +134,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         "kmeans"/"spectral" the row's reverse I-Con loss with the Gaussian ``p_`` at the
         resolved bandwidth (sigma^2 = inertia / (n_samples n_features)) and the head's logits.
     module_ : torch.nn.Module
-        The kept head (standardised features to cluster logits; centre scores for the centroid
-        rows).
+        The kept head (features to cluster logits; centre scores for the centroid rows).
     init_losses_ : ndarray of shape (n_init,)
         Each restart's final figure: mean loss over its last trained steps (learned heads), or
         its k-means objective after the polish.
@@ -161,25 +155,19 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     -----
     The rows (paper Table 1), all through the one :class:`~skicon._training.Trainer`:
 
-    * ``"infonce_clustering"``: p = Debiased(Propagated(UniformKNN(k), s), alpha) (+ views),
-      q = Debiased(ClusterKernel(include_self=False), alpha_q), forward KL on batches of
-      anchors and sampled positives (Section 3.3).
+    * ``"infonce_clustering"``: p = Debiased(Propagated(UniformKNN(k), s), alpha) (+ views), q =
+      Debiased(ClusterKernel(include_self=False), alpha_q), forward KL on batches (Section 3.3).
     * ``"mi"``: p = UniformKNN(k), q = ClusterKernel (self excluded), forward KL (Theorem 10).
     * ``"ncut"``: reverse KL of the degree-weighted cluster kernel (self included) against
       p(j|i) ∝ exp(A_ij / d_j) over all j on the symmetric 0/1 KNN graph A (Theorem 11),
-      evaluated on each batch block of anchors and one graph neighbour each (O(batch^2)). Its
-      loss is Ncut minus the entropy of q (up to constants), which favours few large clusters:
-      trained as the row says, it merged digits into 3 clusters of 10 (82 / 932 / 783 points)
-      and 240 three-blob points into one. It is the paper's row, trained faithfully; for a
-      graph partition use "infonce_clustering" or "spectral".
-    * ``"kmeans"``: Theorem 9's sigma -> 0 limit, probabilistic k-means, relaxed by Adam from
-      k-means++ seeds (Trainer iterations), then the exact minimisation step: Lloyd's
-      alternating assignment / mean steps until the assignment is stable.
+      on each batch block (O(batch^2)). Its loss is Ncut minus the entropy of q, which favours
+      few large clusters: it merged digits into 3 of 10; prefer "infonce_clustering".
+    * ``"kmeans"``: Theorem 9's sigma -> 0 limit (probabilistic k-means), relaxed by Adam from
+      k-means++ seeds (Trainer iterations), then exact Lloyd steps until the assignment is stable.
     * ``"spectral"``: "kmeans" on the spectral embedding of the symmetric KNN graph
       (Corollary 5); new points take the mean embedding of their training neighbours.
-
-    Degree weighting (``q=ClusterKernel(degree_weighted=True)``, "ncut") uses the degrees of
-    the symmetric 0/1 graph of p's support, in ``fit`` and in :meth:`score`.
+    * Degree weighting (``q=ClusterKernel(degree_weighted=True)``, "ncut") uses the degrees of
+      the symmetric 0/1 graph of p's support, in ``fit`` and in :meth:`score`.
 
     Examples
     --------

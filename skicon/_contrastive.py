@@ -149,10 +149,8 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
-        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
-        estimator) with the number of iterations done and the logged loss; a truthy return
-        stops training.
+        ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
+        (the same cadence in every skicon estimator) with the logged loss; truthy stops.
 
     Attributes
     ----------
@@ -165,9 +163,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         drawn positives (augmentations, neighbours) or triplet negatives it is one fixed-seed
         draw of them.
     loss_curve_ : ndarray of shape (n_logs,)
-        The loss logged every 50 iterations and after the last one (at
-        ``loss_curve_iterations_``): the mean batch loss over the iterations since the previous
-        log.
+        The mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
         Iteration of each entry of ``loss_curve_``.
     n_iter_ : int

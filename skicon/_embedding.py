@@ -125,10 +125,8 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     verbose : int, default=0
         Show the Trainer's progress bar with the loss, and a one-line summary, when positive.
     callbacks : callable or list of callables, default=None
-        ``cb(iteration, loss, estimator) -> bool``, called every 50 iterations and after the
-        last one (:data:`skicon._training.LOG_EVERY`, the same cadence in every skicon
-        estimator) with the number of iterations done and the logged loss; a truthy return
-        stops training.
+        ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
+        (the same cadence in every skicon estimator) with the logged loss; truthy stops.
     n_jobs : int, default=None
         CPU threads for torch, the compiled loops and the neighbour search (-1: all cores).
 
