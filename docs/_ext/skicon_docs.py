@@ -39,9 +39,13 @@ API_SECTIONS = {
         "Neighbourhood distributions: each kernel is p on data and q on representations; "
         "transforms wrap any kernel.",
     ),
+    "skicon.objectives": (
+        "Objectives",
+        "The I-Con loss; the fast backends of each family of rows live in its private modules.",
+    ),
     "skicon.neighbors": (
         "Neighbour graphs",
-        "Sparse k-nearest-neighbour graphs and perplexity calibration.",
+        "Sparse k-nearest-neighbour graphs, the neighbours of new points and perplexity calibration.",
     ),
     "skicon.mappers": (
         "Mappers",

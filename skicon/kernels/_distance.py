@@ -102,6 +102,15 @@ class _PairwiseKernel(Kernel):
         k = self._resolve_n_neighbors(n)
         rows, cols, distances = self._edges(X, k, knn, random_state, n_jobs)
         logw = self._conditional_log_weights(X, rows, cols, distances, n)
+        if k is not None and not self.include_self:
+            # k candidates per row, rows in order: normalise the (n, k) block and build the CSR
+            # directly (no COO round trip, which doubles the peak memory at large n)
+            logw = logw.reshape(n, -1)
+            w = np.exp(logw - logw.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            P = sp.csr_matrix((w.ravel(), np.asarray(cols), np.arange(0, w.size + 1, w.shape[1])), shape=(n, n))
+            P.sort_indices()
+            return P
         if self.include_self:
             rows = np.concatenate([rows, np.arange(n)])
             cols = np.concatenate([cols, np.arange(n)])
