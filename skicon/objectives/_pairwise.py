@@ -133,8 +133,6 @@ class SparseAffinity:
         self.entropy_term = float(np.sum(lvals[pos] * np.log(lvals[pos])))
         self.loss_mass = float(lvals.sum())
         self.loss_row_mass = torch.as_tensor(np.bincount(rows, lvals, minlength=self.n), dtype=dtype, device=device)
-        self._loss_entries = (torch.as_tensor(rows[pos], device=device),
-                              torch.as_tensor(lvals[pos], dtype=torch.float64, device=device))
         # CSR views of the same arrays for the compiled CPU loops (rows are sorted)
         self.csr = None
         if torch.device(device).type == "cpu":
@@ -197,9 +195,11 @@ class SparseAffinity:
         -------
         float
         """
-        rows, vals = self._loss_entries
-        rows = torch.zeros_like(rows) if n_rows == 1 else rows
-        return float(debiased_plogp(vals, rows, n_rows, float(n_candidates), alpha).sum())
+        # built when asked for (debiasing only): a float64 copy of the edges costs 16 bytes each
+        vals = self.loss_values.double()
+        pos = vals > 0
+        rows = torch.zeros_like(self.rows[pos]) if n_rows == 1 else self.rows[pos]
+        return float(debiased_plogp(vals[pos], rows, n_rows, float(n_candidates), alpha).sum())
 
 
 def _aligned(loss, keys, n):
