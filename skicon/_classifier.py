@@ -29,6 +29,7 @@ from ._training import Trainer
 from ._utils import resolve_device, seed_from_random_state, torch_generator
 from .kernels import Debiased, Kernel
 from .mappers import make_mapper
+from .neighbors import knn_graph
 from .objectives import icon_loss
 from .objectives._batch import cross_entropy_block
 
@@ -188,14 +189,10 @@ class _ICONNetworkBase(BaseEstimator):
 
 def _loo_knn_accuracy(Z, y, k=10):
     """Leave-one-out k-NN accuracy of labels ``y`` in the embedding ``Z`` (ICONContrastive.score)."""
-    from sklearn.neighbors import NearestNeighbors
-
     if Z.shape[0] < 2:
         raise ValueError("score needs at least 2 samples.")
     k = min(k, Z.shape[0] - 1)
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)
-    # Drop each point itself (normally the first neighbour; duplicates may reorder it).
-    neigh = np.array([[j for j in row if j != i][:k] for i, row in enumerate(idx)])
+    neigh = knn_graph(Z, k, method="exact").indices  # each point itself excluded
     _, codes = np.unique(y, return_inverse=True)
     votes = np.apply_along_axis(np.bincount, 1, codes[neigh], minlength=codes.max() + 1)
     return float(np.mean(votes.argmax(axis=1) == codes))
