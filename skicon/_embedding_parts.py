@@ -447,6 +447,7 @@ def embed_new_points(Y_ref, neighbors, p_rows, kernel, *, method="fft", n_iter=2
     if start.shape[0] == 0:
         return start
     table = Table(start)
-    Trainer(table, objective, n_steps=n_iter, optimizer="adam", learning_rate=learning_rate, schedule="cosine",
-            device=device, desc="ICONEmbedding.transform").run()
+    objective.trainer = Trainer(table, objective, n_steps=n_iter, optimizer="adam", learning_rate=learning_rate,
+                                schedule="cosine", device=device, desc="ICONEmbedding.transform")
+    objective.trainer.run()
     return table.weight.detach()
