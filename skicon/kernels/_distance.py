@@ -5,6 +5,7 @@ over all pairs when ``n_neighbors=None``, the exact O(n^2) mode) and as a learne
 representation (dense over a batch, differentiable).
 """
 
+import dataclasses
 import numbers
 
 import numpy as np
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from .._utils import as_tensor
+from .._validation import check_data, check_positive, to_unit_frame, unit_exponent
 from ..neighbors import knn_graph, perplexity_betas
 from ._base import Kernel, normalize_rows
 
@@ -48,10 +50,18 @@ def pairwise_sqdist(Z, C=None):
 
 
 def _check_positive(value, name, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    check_positive(value, name, allow_none=allow_none)
+
+
+def _check_Z(Z, name="Z"):
+    """A learned representation: a 2-D floating torch tensor (array-likes are converted)."""
+    if not isinstance(Z, torch.Tensor):
+        Z = as_tensor(check_data(Z, name=name, accept_sparse=False), dtype=torch.float64)
+    if Z.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_components), got shape {tuple(Z.shape)}.")
+    if not Z.is_floating_point():
+        Z = Z.double()
+    return Z
 
 
 class _PairwiseKernel(Kernel):
@@ -76,8 +86,16 @@ class _PairwiseKernel(Kernel):
         n = X.shape[0]
         if k is None:
             # Exact mode: every off-diagonal pair, row-major (O(n^2), asked for explicitly).
-            rows, cols = np.nonzero(~np.eye(n, dtype=bool))
-            return rows.astype(np.int64), cols.astype(np.int64), None
+            off = ~np.eye(n, dtype=bool)
+            rows, cols = np.nonzero(off)
+            distances = None
+            if self._search_metric == "euclidean" and not sp.issparse(X):
+                # all pairs at once (C loops over exact differences), instead of gathering the
+                # O(n^2) row pairs of X: 24 s -> 0.3 s on the 1,797 digits
+                from scipy.spatial.distance import cdist
+
+                distances = np.sqrt(cdist(X, X, "sqeuclidean")[off]).reshape(n, n - 1)
+            return rows.astype(np.int64), cols.astype(np.int64), distances
         if knn is None or knn.n_neighbors < k or knn.metric != self._search_metric:
             knn = knn_graph(X, k, metric=self._search_metric, random_state=random_state, n_jobs=n_jobs)
         idx = knn.indices[:, :k]
@@ -95,13 +113,35 @@ class _PairwiseKernel(Kernel):
             out[s : s + step] = self._pair_log_weights(a, b).numpy()
         return out
 
+    def _scale_free(self):
+        """Whether p is unchanged by a global rescaling of X (then computed in X's unit frame)."""
+        return False
+
+    def _validate(self):
+        """Check the kernel's own parameters (called before use)."""
+
     def conditional(self, X, *, y=None, groups=None, knn=None, random_state=None, n_jobs=None):
+        X = check_data(X, caller=type(self).__name__)
+        self._validate()
         n = X.shape[0]
         if n < 2:
-            raise ValueError(f"A neighbourhood distribution needs at least 2 samples, got {n}.")
+            raise ValueError(f"A neighbourhood distribution needs at least 2 samples, got n_samples={n}.")
         k = self._resolve_n_neighbors(n)
-        rows, cols, distances = self._edges(X, k, knn, random_state, n_jobs)
-        logw = self._conditional_log_weights(X, rows, cols, distances, n)
+        # Neighbours are searched in X's unit frame (X * 2**-e, exact): squared distances of data
+        # at 1e-160 or 1e160 neither underflow nor overflow. Scale-free kernels also weigh there.
+        e = unit_exponent(X)
+        Xu = to_unit_frame(X, e)
+        euclidean = self._search_metric == "euclidean"
+        if knn is not None and e != 0 and euclidean and knn.metric == "euclidean":
+            knn = dataclasses.replace(knn, distances=np.ldexp(knn.distances, -e))
+        rows, cols, distances = self._edges(Xu, k, knn, random_state, n_jobs)
+        if self._scale_free() or e == 0:
+            logw = self._conditional_log_weights(Xu, rows, cols, distances, n)
+        else:
+            with np.errstate(over="ignore", under="ignore"):
+                dist = None if distances is None or not euclidean else np.ldexp(distances, e)
+                logw = self._conditional_log_weights(X, rows, cols, dist, n)
+            self._check_weights(logw, rows, n)
         if k is not None and not self.include_self:
             # k candidates per row, rows in order: normalise the (n, k) block and build the CSR
             # directly (no COO round trip, which doubles the peak memory at large n)
@@ -123,6 +163,19 @@ class _PairwiseKernel(Kernel):
 
     def _conditional_log_weights(self, X, rows, cols, distances, n):
         return self._edge_log_weights(X, rows, cols, distances)
+
+    def _check_weights(self, logw, rows, n):
+        """Weights of a scale-dependent kernel that overflowed or vanished on every candidate of a row."""
+        row_max = np.full(n, -np.inf)
+        np.maximum.at(row_max, rows, np.where(np.isnan(logw), np.inf, logw))
+        if np.isnan(logw).any() or not np.isfinite(row_max).all():
+            params = {k: v for k, v in self.get_params(deep=False).items() if k in ("sigma", "dof", "temperature")}
+            raise ValueError(
+                f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in params.items())}) gives no usable "
+                "weight on some rows of X: the squared distances (or products) of X overflow float64 at this "
+                f"scale, or are far beyond the kernel's width. Rescale X (e.g. StandardScaler) or set "
+                f"{'/'.join(params) or 'the kernel parameters'} to match the scale of X."
+            )
 
     def _self_log_weights(self, X, n):
         Xt = as_tensor(X, dtype=torch.float64)
@@ -254,11 +307,10 @@ class DistanceKernel(_PairwiseKernel):
         """
         return None
 
-    def _validate(self):
-        """Check the kernel's own parameters (called before use)."""
-
     def log_weights(self, Z, Z_cand=None):
         self._validate()
+        Z = _check_Z(Z)
+        Z_cand = None if Z_cand is None else _check_Z(Z_cand, "Z_cand").to(Z.dtype)
         return self.log_weight(pairwise_sqdist(Z, Z_cand))
 
     def _pair_log_weights(self, A, B):
@@ -303,6 +355,9 @@ class Gaussian(DistanceKernel):
     def _validate(self):
         _check_positive(self.sigma, "sigma")
         _check_positive(self.perplexity, "perplexity", allow_none=True)
+
+    def _scale_free(self):
+        return self.perplexity is not None  # each row's width is calibrated to the data
 
     def log_weight(self, d2):
         return -d2 / (2.0 * self.sigma**2)
@@ -466,8 +521,16 @@ class Cosine(_PairwiseKernel):
         self.n_neighbors = n_neighbors
         self.include_self = include_self
 
+    def _validate(self):
+        _check_positive(self.temperature, "temperature")
+
+    def _scale_free(self):
+        return True  # angles
+
     def log_weights(self, Z, Z_cand=None):
         _check_positive(self.temperature, "temperature")
+        Z = _check_Z(Z)
+        Z_cand = None if Z_cand is None else _check_Z(Z_cand, "Z_cand").to(Z.dtype)
         Zn = torch.nn.functional.normalize(Z, dim=1)
         Cn = Zn if Z_cand is None else torch.nn.functional.normalize(Z_cand, dim=1)
         return Zn @ Cn.T / self.temperature
@@ -504,8 +567,13 @@ class DotProduct(_PairwiseKernel):
         self.n_neighbors = n_neighbors
         self.include_self = include_self
 
+    def _validate(self):
+        _check_positive(self.temperature, "temperature")
+
     def log_weights(self, Z, Z_cand=None):
         _check_positive(self.temperature, "temperature")
+        Z = _check_Z(Z)
+        Z_cand = None if Z_cand is None else _check_Z(Z_cand, "Z_cand").to(Z.dtype)
         C = Z if Z_cand is None else Z_cand
         return Z @ C.T / self.temperature
 

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._validation import check_data, to_unit_frame, unit_exponent
 from ..neighbors import knn_graph
 from ._base import Kernel, drop_diagonal, normalize_rows
 
@@ -102,12 +103,18 @@ class UniformKNN(Kernel):
         self.metric = metric
 
     def conditional(self, X, *, y=None, groups=None, knn=None, random_state=None, n_jobs=None):
-        if not isinstance(self.n_neighbors, numbers.Integral) or self.n_neighbors < 1:
+        if not isinstance(self.n_neighbors, numbers.Integral) or isinstance(self.n_neighbors, bool) \
+                or self.n_neighbors < 1:
             raise ValueError(f"n_neighbors must be a positive integer, got {self.n_neighbors!r}.")
+        X = check_data(X, caller=type(self).__name__)
         n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"A neighbourhood distribution needs at least 2 samples, got n_samples={n}.")
         k = min(int(self.n_neighbors), n - 1)
         if knn is None or knn.n_neighbors < k or knn.metric != self.metric:
-            knn = knn_graph(X, k, metric=self.metric, random_state=random_state, n_jobs=n_jobs)
+            # neighbours do not change under a global rescaling: search in X's unit frame (exact)
+            Xu = to_unit_frame(X, unit_exponent(X))
+            knn = knn_graph(Xu, k, metric=self.metric, random_state=random_state, n_jobs=n_jobs)
         idx = knn.indices[:, :k]
         indptr = np.arange(0, n * k + 1, k)
         return normalize_rows(sp.csr_matrix((np.ones(n * k), idx.ravel(), indptr), shape=(n, n)))
