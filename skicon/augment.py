@@ -17,6 +17,11 @@ Every augmentation is a scikit-learn style parameter object (``get_params`` /
   a :class:`numpy.random.RandomState` or ``None`` (fresh randomness);
   the same seed gives the same views.
 
+Every estimator with an ``augment`` parameter (:class:`~skicon.ICONClustering`,
+:class:`~skicon.ICONContrastive`, :class:`~skicon.ICONClassifier`) calls it the same way,
+:func:`apply_augment`: ``augment(X_batch, generator)``, positionally, with a torch batch and a
+:class:`torch.Generator`; so the classes here and a plain ``lambda Xb, g: ...`` both work.
+
 Examples
 --------
 >>> import numpy as np
@@ -46,9 +51,86 @@ __all__ = [
     "RandomResizedCrop",
     "RandomRotation",
     "RandomTranslation",
+    "apply_augment",
     "default_image_augmentation",
     "make_generator",
 ]
+
+#: The one signature of a user augmentation, as every estimator calls it.
+AUGMENT_SIGNATURE = "augment(X_batch, generator) -> X_view"
+
+
+def _takes_two_positional(fn):
+    """Whether ``fn(a, b)`` binds (True when the signature cannot be read)."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:  # builtins without a signature
+        return True
+    return True
+
+
+def apply_augment(augment, X, generator):
+    """Call a user augmentation the one way every estimator does, and check what it returns.
+
+    ``augment(X_batch, generator)``, both positional: ``X_batch`` a torch tensor of shape
+    ``(batch, n_features)`` (the estimator's dtype and device), ``generator`` a
+    :class:`torch.Generator` to draw the randomness from (so that ``random_state`` reproduces
+    the views). It must return a batch of the same shape (a tensor or an array). The
+    augmentations of this module follow it; so does ``lambda Xb, g: Xb + 0.1 * torch.randn(
+    Xb.shape, generator=g, dtype=Xb.dtype)``.
+
+    Parameters
+    ----------
+    augment : callable
+        The user's augmentation.
+    X : torch.Tensor of shape (batch, n_features)
+        The batch.
+    generator : torch.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    torch.Tensor of the shape, dtype and device of ``X``
+
+    Raises
+    ------
+    TypeError
+        When ``augment`` cannot take two positional arguments.
+    ValueError
+        When ``augment`` raises, or returns another shape or non-finite values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X = torch.zeros(4, 3)
+    >>> apply_augment(lambda Xb, g: Xb + torch.rand(Xb.shape, generator=g), X, torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 3])
+    """
+    if not callable(augment) or not _takes_two_positional(augment):
+        raise TypeError(f"augment must be a callable {AUGMENT_SIGNATURE} taking two positional arguments "
+                        f"(a torch batch and a torch.Generator); got {augment!r}.")
+    try:
+        out = augment(X, generator)
+    except Exception as exc:  # a user callable failing gets named, its own message kept
+        raise ValueError(f"augment raised {type(exc).__name__}: {exc} (augment is called as "
+                         f"{AUGMENT_SIGNATURE}, X_batch a torch tensor, generator a torch.Generator).") from exc
+    if not isinstance(out, torch.Tensor):
+        out = np.asarray(out)
+        if not np.issubdtype(out.dtype, np.number):
+            raise ValueError(f"augment must return a numeric batch; got dtype {out.dtype}.")
+        out = torch.as_tensor(out)
+    if tuple(out.shape) != tuple(X.shape):
+        raise ValueError(f"augment must return a batch of the same shape as its input; it turned {tuple(X.shape)} "
+                         f"into {tuple(out.shape)}. Check the augmentation's image_shape.")
+    if not (out.is_floating_point() or out.is_complex()):
+        out = out.to(X.dtype)
+    if not torch.isfinite(out).all():
+        raise ValueError("augment returned NaN or infinite values; it must return a finite batch.")
+    return out.to(dtype=X.dtype, device=X.device)
 
 
 def make_generator(random_state=None, device="cpu"):

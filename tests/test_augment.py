@@ -201,3 +201,66 @@ def test_random_affine_composes_its_parts():
     img = np.arange(16.0).reshape(1, 16)
     rot = RandomAffine(image_shape=(4, 4), scale=(1, 1), ratio=(1, 1), degrees=0, max_shift=0)
     np.testing.assert_allclose(rot(img, generator=0), img, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one augmentation signature of every estimator: augment(X_batch, generator), positional
+# ---------------------------------------------------------------------------------------------
+def _estimators():
+    from skicon import ICONClassifier, ICONClustering, ICONContrastive
+
+    return [
+        ("clustering", lambda aug: ICONClustering(3, augment=aug, max_iter=20, n_init=1, random_state=0)),
+        ("contrastive", lambda aug: ICONContrastive(augment=aug, n_components=4, hidden_layer_sizes=(16,),
+                                                    batch_size=32, max_iter=3, random_state=0)),
+        ("classifier", lambda aug: ICONClassifier(augment=aug, hidden_layer_sizes=(16,), batch_size=32, max_iter=3,
+                                                  random_state=0)),
+    ]
+
+
+@pytest.mark.parametrize("name,make", _estimators(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_estimator_calls_a_plain_two_argument_augment_the_same_way(name, make):
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(90, n_features=6, centers=3, random_state=0)
+    seen = []
+
+    def jitter(Xb, g):  # positional, no keyword names assumed
+        seen.append((type(Xb), type(g), tuple(Xb.shape)))
+        return Xb + 0.01 * torch.randn(Xb.shape, generator=g, dtype=Xb.dtype)
+
+    est = make(jitter)
+    est.fit(X, y) if name == "classifier" else est.fit(X)
+    assert seen
+    assert all(t is torch.Tensor and gt is torch.Generator and s[1] == 6 for t, gt, s in seen)
+    # a lambda works too, and the same seed gives the same views (the generator is the estimator's)
+    again = make(lambda Xb, g: Xb + 0.01 * torch.randn(Xb.shape, generator=g, dtype=Xb.dtype))
+    again.fit(X, y) if name == "classifier" else again.fit(X)
+
+
+@pytest.mark.parametrize("name,make", _estimators(), ids=lambda v: v if isinstance(v, str) else "")
+def test_an_augment_with_the_wrong_signature_is_named(name, make):
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(90, n_features=6, centers=3, random_state=0)
+    est = make(lambda Xb: Xb)
+    with pytest.raises(TypeError, match=r"augment\(X_batch, generator\)"):
+        est.fit(X, y) if name == "classifier" else est.fit(X)
+
+
+def test_apply_augment_checks_what_comes_back():
+    from skicon.augment import apply_augment
+
+    X, g = torch.zeros(4, 3), torch.Generator().manual_seed(0)
+    assert torch.equal(apply_augment(lambda Xb, gen: np.ones((4, 3)), X, g), torch.ones(4, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        apply_augment(lambda Xb, gen: Xb[:, :2], X, g)
+    with pytest.raises(ValueError, match="finite"):
+        apply_augment(lambda Xb, gen: Xb * np.nan, X, g)
+    with pytest.raises(ValueError, match="augment raised ZeroDivisionError"):
+        apply_augment(lambda Xb, gen: 1 / 0, X, g)
+    # the module's own augmentations follow the signature
+    aug, X = GaussianNoise(std=0.1), torch.arange(12.0).reshape(4, 3)
+    a = apply_augment(aug, X, torch.Generator().manual_seed(1))
+    b = apply_augment(aug, X, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, X)
