@@ -31,6 +31,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax shipped in a Python package and copied to _static/mathjax: maths renders offline
+    # (Sphinx's default loads MathJax from a CDN, so offline pages show raw LaTeX)
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
@@ -42,6 +45,9 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_examples/*.ipynb", "
 root_doc = "index"
 default_role = "py:obj"
 pygments_style = "sphinx"
+
+# the local copy that sphinx-mathjax-offline installs (no CDN URL in the built pages)
+mathjax_path = "mathjax/tex-chtml.js"
 
 # -- autodoc / autosummary / numpydoc ------------------------------------------------------
 autosummary_generate = True
@@ -71,6 +77,8 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "min_reported_time": 1,
+    # the timing pages load a table library from a CDN; the docs stay readable offline without
+    "write_computation_times": False,
 }
 
 # -- HTML ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from skicon import ICONContrastive
 from skicon.augment import default_image_augmentation
+from skicon.plotting import plot_embedding
 
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, stratify=y,
@@ -65,18 +66,17 @@ for name, score in scores.items():
 # %%
 # Pictures of the two feature spaces
 # ----------------------------------
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
 for ax, (name, model) in zip(axes[:2], models.items()):
     Z = TSNE(random_state=0).fit_transform(model.transform(X_test))
-    ax.scatter(Z[:, 0], Z[:, 1], c=y_test, cmap="tab10", s=8)
+    plot_embedding(Z, y_test, ax=ax, legend=False, s=8)
     ax.set_title(f"{name}\nprobe accuracy {scores[name]:.3f}", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
 for name, model in models.items():
-    axes[2].plot(model.loss_curve_, label=name.split(" (")[0])
-axes[2].set_xlabel("epoch")
+    axes[2].plot(model.loss_curve_iterations_, model.loss_curve_, label=name.split(" (")[0])
+axes[2].set_xlabel("iteration (optimiser step)")
 axes[2].set_ylabel("I-Con loss (training)")
 axes[2].legend()
 axes[2].set_title("Training loss", fontsize=10)
-fig.tight_layout()
+fig.legend(*axes[0].get_legend_handles_labels(), title="digit", loc="outside right center",
+           markerscale=3, frameon=False)
 plt.show()

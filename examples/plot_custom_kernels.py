@@ -32,6 +32,7 @@ from sklearn.manifold import trustworthiness
 from skicon import ICONContrastive
 from skicon.kernels import Kernel, StudentT, UniformKNN, normalize_rows
 from skicon.neighbors import knn_graph
+from skicon.plotting import plot_embedding
 
 
 class Laplace(Kernel):
@@ -72,16 +73,15 @@ models = {
         p=MutualKNN(n_neighbors=15), q=Laplace(scale=1.0), **common),
 }
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
 for ax, (name, model) in zip(axes, models.items()):
     Z = model.fit_transform(X)
     trust = trustworthiness(X, Z, n_neighbors=10)
     print(f"{name:<44} trustworthiness {trust:.3f}")
-    ax.scatter(Z[:, 0], Z[:, 1], c=y, cmap="tab10", s=3, linewidths=0)
+    plot_embedding(Z, y, ax=ax, legend=False, s=3)
     ax.set_title(f"{name}\ntrustworthiness {trust:.3f}", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
-fig.tight_layout()
+fig.legend(*axes[0].get_legend_handles_labels(), title="digit", loc="outside right center",
+           markerscale=3, frameon=False)
 
 # %%
 # The custom kernels are ordinary parameters

@@ -29,6 +29,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from skicon import ICONEmbedding
 from skicon.kernels import StudentT
+from skicon.plotting import plot_embedding
 
 X, y = load_digits(return_X_y=True)
 
@@ -54,18 +55,17 @@ for name, (_, s) in results.items():
           f"{s['s']:.1f} s")
 
 
-def show(ax, Z, title):
-    ax.scatter(Z[:, 0], Z[:, 1], c=y, cmap="tab10", s=3, linewidths=0)
+def show(ax, Z, title, legend=False):
+    plot_embedding(Z, y, ax=ax, legend=legend, s=3)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
 for ax, (name, (Z, s)) in zip(axes, results.items()):
     show(ax, Z, f"{name}\ntrustworthiness {s['trust']:.3f}, 10-NN acc. {s['knn']:.3f}, "
          f"{s['s']:.1f} s")
-fig.tight_layout()
+fig.legend(*axes[0].get_legend_handles_labels(), title="digit", loc="outside right center",
+           markerscale=3, frameon=False)
 
 # %%
 # Heavier and lighter tails
@@ -75,10 +75,11 @@ fig.tight_layout()
 # that is SNE) crowd them together. To keep the example quick, these three maps use the first
 # 300 digits only.
 X, y = X[:300], y[:300]
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
 for ax, dof in zip(axes, (0.5, 1.0, 10.0)):
     Z, s = fit_and_score(ICONEmbedding(method="tsne", q=StudentT(dof=dof), random_state=0))
     show(ax, Z, f"StudentT(dof={dof:g}), 300 digits\ntrustworthiness {s['trust']:.3f}, "
          f"10-NN acc. {s['knn']:.3f}")
-fig.tight_layout()
+fig.legend(*axes[0].get_legend_handles_labels(), title="digit", loc="outside right center",
+           markerscale=3, frameon=False)
 plt.show()

@@ -32,6 +32,7 @@ from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 
 from skicon import ICONClustering, ICONEmbedding  # noqa: E402
 from skicon.metrics import hungarian_accuracy, hungarian_matching  # noqa: E402
+from skicon.plotting import plot_embedding  # noqa: E402
 
 
 def timed(fn):
@@ -67,11 +68,9 @@ def print_table(title, rows):
         print(f"{name:<28}" + "".join(f"{scores[c]:>17.3f}" for c in columns))
 
 
-def scatter(ax, Z, colors, title):
-    ax.scatter(Z[:, 0], Z[:, 1], c=colors, cmap="tab10", vmin=0, vmax=9, s=4, linewidths=0)
+def scatter(ax, Z, labels, title):
+    plot_embedding(Z, labels, ax=ax, legend=False, s=4)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def main(output="quickstart.png"):
@@ -98,7 +97,7 @@ def main(output="quickstart.png"):
     }
     print_table("Clusterings, 10 clusters (higher is better, except seconds)", clusterings)
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8.5), layout="constrained")
     for ax, Z, name in ((axes[0, 0], Z_icon, "skicon t-SNE"), (axes[0, 1], Z_sk, "sklearn TSNE")):
         s = embeddings['skicon ICONEmbedding("tsne")' if Z is Z_icon else "sklearn TSNE"]
         scatter(ax, Z, y, f"{name}, coloured by digit\ntrustworthiness "
@@ -111,8 +110,9 @@ def main(output="quickstart.png"):
         labels = np.array([matching.get(c, -1) for c in labels])
         scatter(ax, Z_icon, labels, f"{name} clusters on the skicon map\nHungarian acc. "
                 f"{s['Hungarian acc.']:.3f}, NMI {s['NMI']:.3f}")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, title="digit", loc="outside right center", markerscale=3, frameon=False)
     fig.suptitle("skicon vs scikit-learn on digits")
-    fig.tight_layout()
     fig.savefig(output, dpi=120)
     print(f"\nwrote {output}")
 

@@ -17,8 +17,13 @@ _DEPENDENCIES = (
     ("scipy", "scipy"),
     ("scikit-learn", "sklearn"),
     ("pynndescent", "pynndescent"),
+    ("numba", "numba"),
+    ("threadpoolctl", "threadpoolctl"),
     ("joblib", "joblib"),
     ("tqdm", "tqdm"),
+    # optional: DataFrame output (set_output) and skicon.plotting
+    ("pandas", "pandas"),
+    ("matplotlib", "matplotlib"),
 )
 
 
@@ -76,8 +81,9 @@ def show_versions():
     """Print system, dependency and torch device information.
 
     Use it when reporting a bug: it lists the Python and platform, the versions of
-    skicon, torch, numpy, scipy, scikit-learn, pynndescent, joblib and tqdm, and whether
-    torch can see a CUDA device.
+    skicon, torch, numpy, scipy, scikit-learn, pynndescent, numba, threadpoolctl, joblib and
+    tqdm (and of the optional pandas and matplotlib; ``None`` when one is not installed), and
+    whether torch can see a CUDA device.
 
     Returns
     -------

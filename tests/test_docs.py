@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_show_versions_reports_dependencies(capsys):
     skicon.show_versions()
     out = capsys.readouterr().out
     for name in ("python", "skicon", "torch", "numpy", "scipy", "scikit-learn", "pynndescent",
-                 "joblib", "tqdm", "cuda available"):
+                 "numba", "threadpoolctl", "joblib", "tqdm", "cuda available"):
         assert re.search(rf"^\s*{re.escape(name)}: \S", out, re.M), f"{name} missing:\n{out}"
 
 
@@ -290,3 +291,84 @@ def test_citation_metadata_agrees_across_cff_readme_and_docs():
         assert f"title = {{{paper['title']}}}" in text, path.name
         assert f"author = {{{bibtex_authors}}}" in text, path.name
         assert f"eprint = {{{arxiv}}}" in text and "year = {2025}" in text, path.name
+
+
+# -- every Python snippet of the README and the user guide runs --------------------------------
+DOC_PAGES = [ROOT / "README.rst", ROOT / "docs" / "index.rst",
+             *sorted((ROOT / "docs" / "user_guide").glob("*.rst"))]
+_CODE_DIRECTIVE = re.compile(r"^(\s*)\.\. (?:code-block|code|sourcecode)::\s*(\S*)\s*$")
+
+
+def python_blocks(text):
+    """The bodies of the ``.. code-block:: python`` directives of an rst text, dedented, in order
+    (with the line each starts on)."""
+    lines = text.splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        match = _CODE_DIRECTIVE.match(lines[i])
+        i += 1
+        if not match or match.group(2) not in ("python", "python3", "py"):
+            continue
+        indent = len(match.group(1))
+        while i < len(lines) and lines[i].strip().startswith(":"):  # directive options
+            i += 1
+        start, body = i, []
+        while i < len(lines) and (not lines[i].strip() or
+                                  len(lines[i]) - len(lines[i].lstrip()) > indent):
+            body.append(lines[i])
+            i += 1
+        code = inspect.cleandoc("\n".join(body))
+        if code:
+            blocks.append((start + 1, code))
+    return blocks
+
+
+def test_python_blocks_parser_finds_nested_and_optioned_blocks():
+    text = ("Intro\n\n.. code-block:: python\n   :caption: x\n\n   a = 1\n\n   b = a + 1\n\n"
+            "Text::\n\n    not python\n\n* item\n\n  .. code:: python\n\n     c = 3\n\nEnd\n"
+            ".. code-block:: bash\n\n   ls\n")
+    assert [code for _, code in python_blocks(text)] == ["a = 1\n\nb = a + 1", "c = 3"]
+
+
+def test_readme_and_user_guide_have_snippets():
+    pages = {path.name for path in DOC_PAGES if python_blocks(path.read_text(encoding="utf-8"))}
+    assert {"README.rst", "index.rst", "pipelines.rst", "persistence.rst"} <= pages
+
+
+@pytest.mark.parametrize("path", [p for p in DOC_PAGES if python_blocks(p.read_text(encoding="utf-8"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_documentation_snippets_run(path, tmp_path, monkeypatch):
+    """Each page's snippets run in order in one namespace (a page builds on its earlier blocks),
+    in a scratch directory (snippets may save files); figures go to the Agg backend."""
+    try:
+        import matplotlib
+    except ImportError:
+        matplotlib = None
+    if matplotlib is not None:
+        matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__docs__"}
+    for line, code in python_blocks(path.read_text(encoding="utf-8")):
+        if matplotlib is None and "plotting" in code:
+            pytest.skip("matplotlib is not installed")
+        try:
+            exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
+        except Exception as exc:
+            raise AssertionError(f"the snippet at {path.relative_to(ROOT)}:{line} fails: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if matplotlib is not None:
+        import matplotlib.pyplot as plt
+        plt.close("all")
+
+
+def test_docs_maths_renders_offline():
+    """The HTML loads MathJax from its own _static folder (sphinx-mathjax-offline ships the
+    files), never from a CDN, so formulas render without a network."""
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    assert "sphinx.ext.mathjax" in conf["extensions"]
+    assert "sphinx-mathjax-offline" in conf["extensions"]
+    assert not re.match(r"(https?:)?//", conf["mathjax_path"]), conf["mathjax_path"]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    docs_extra = pyproject[pyproject.index("docs = ["):]
+    assert '"sphinx-mathjax-offline' in docs_extra[: docs_extra.index("]")]

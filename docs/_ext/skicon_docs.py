@@ -56,6 +56,10 @@ API_SECTIONS = {
         "Augmentations",
         "Small-image augmentations that make views for contrastive learning.",
     ),
+    "skicon.plotting": (
+        "Plotting",
+        "An embedding coloured by label, with a legend (needs matplotlib, imported on first use).",
+    ),
 }
 
 
