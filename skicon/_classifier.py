@@ -10,7 +10,6 @@ plan -> objective (:func:`skicon.objectives._batch.cross_entropy_block` and ``ic
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -25,8 +24,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ._registry import list_methods, resolve_method
+from ._sklearn_api import FeatureNamesOutMixin, device_name
+from ._threads import N_JOBS_CONSTRAINT, limit_threads
 from ._training import Trainer
-from ._utils import resolve_device, seed_from_random_state, torch_generator
+from ._utils import resolve_device, seed_from_random_state, state_on_cpu, torch_generator
+from ._validation import global_std
+from .augment import apply_augment
 from .kernels import Debiased, Kernel
 from .mappers import make_mapper
 from .neighbors import knn_graph
@@ -47,28 +50,14 @@ def _method_names(estimator):
 # Shared machinery of the network estimators (ICONContrastive, ICONClassifier)
 # ---------------------------------------------------------------------------------------------
 def _call_augment(augment, X, generator):
-    """Call a user ``augment`` with the generator when its signature accepts one."""
-    try:
-        params = inspect.signature(augment).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_generator = "generator" in params or len(params) >= 2 or any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
-    out = augment(X, generator=generator) if takes_generator else augment(X)
-    if not isinstance(out, torch.Tensor):
-        out = torch.as_tensor(np.asarray(out), dtype=X.dtype, device=X.device)
-    if out.shape != X.shape:
-        raise ValueError(f"augment must return a batch of the same shape as its input; it turned {tuple(X.shape)} "
-                         f"into {tuple(out.shape)}. Check the augmentation's image_shape.")
-    if not torch.isfinite(out).all():
-        raise ValueError("augment returned NaN or infinite values.")
-    return out.to(dtype=X.dtype, device=X.device)
+    """``augment(X_batch, generator)``, checked: every estimator's one call (:func:`skicon.augment.apply_augment`)."""
+    return apply_augment(augment, X, generator)
 
 
 def _global_scale(X):
     """Inverse of the overall standard deviation of the training data (1 if constant)."""
-    std = float(np.std(X))
-    return 1.0 / std if np.isfinite(std) and std > 0 else 1.0
+    std = global_std(X)  # overflow-free, in float64, before any float32 cast
+    return 1.0 / std if std > 0 and np.isfinite(1.0 / std) else 1.0
 
 
 def _output_dtype(X):
@@ -131,6 +120,7 @@ _COMMON_CONSTRAINTS = {
     "temperature": [None, Interval(numbers.Real, 0, None, closed="neither")],
     "scale_input": ["boolean"], "device": [str, torch.device], "random_state": ["random_state"],
     "verbose": ["verbose"], "callbacks": [None, callable, list, tuple], "augment": [None, callable],
+    "n_jobs": N_JOBS_CONSTRAINT,
 }
 
 
@@ -139,12 +129,7 @@ class _ICONNetworkBase(BaseEstimator):
 
     def __getstate__(self):
         # Pickle the fitted module on the CPU so that a CUDA-trained model loads anywhere.
-        state = self.__dict__.copy()
-        module = state.get("module_")
-        if module is not None and any(t.device.type != "cpu" for t in module.parameters()):
-            state["module_"] = copy.deepcopy(module).to("cpu")
-            state["_device"] = torch.device("cpu")
-        return state
+        return state_on_cpu(super().__getstate__())
 
     def _make_encoder(self, spec, n_features, n_components, seed):
         if isinstance(spec, str) and spec not in ("mlp", "linear"):
@@ -178,6 +163,7 @@ class _ICONNetworkBase(BaseEstimator):
             n_steps=self.max_iter * steps_per_epoch, learning_rate=self.learning_rate,
             optimizer=self.optimizer, weight_decay=self.weight_decay, device=self._device,
             random_state=seed, callbacks=self.callbacks, verbose=self.verbose, estimator=self, desc=desc,
+            distributed=True,
         )
         if sampler is not None:
             trainer.sample_batch = sampler
@@ -237,10 +223,10 @@ def _batch_loss(module, data, codes, batch, plan, augment, generator, *, reducti
         xb = _call_augment(augment, xb, generator)
     log_q = plan.q.log_prob(module(xb), module.prototypes)
     p = cross_entropy_block(codes[batch], plan.n_classes, plan.alpha, dtype=log_q.dtype, device=device)
-    return icon_loss(p, log_q, reduction=reduction)
+    return icon_loss(p, log_q, reduction=reduction, validate=False)
 
 
-class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
+class ICONClassifier(FeatureNamesOutMixin, ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     """Cross-entropy classification as I-Con (Table 1, Corollary 3).
 
     ``p(c|i)`` is the indicator of sample ``i``'s label over the classes and ``q(c|i)`` a
@@ -264,7 +250,11 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     alpha : float in [0, 1), default=0.0
         Debiasing of ``p``, i.e. label smoothing.
     augment : callable or None, default=None
-        Optional training-time augmentation ``augment(X_batch, generator)``.
+        Training-time augmentation ``augment(X_batch, generator) -> X_view``, called
+        positionally with a torch batch of shape ``(batch, n_features)`` and a
+        :class:`torch.Generator` (the one signature of every estimator,
+        :func:`skicon.augment.apply_augment`; the classes of :mod:`skicon.augment` follow it);
+        it returns the same shape, finite.
     batch_size : int, default=128
         Samples per minibatch.
     max_iter : int, default=100
@@ -282,10 +272,16 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     random_state : int, RandomState instance or None, default=None
         Seed of the weights, batches and augmentations.
     verbose : int, default=0
-        Show the Trainer's progress bar with the loss.
+        Show the Trainer's progress bar with the loss, and a one-line summary, when positive.
     callbacks : callable or list of callables, default=None
         ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
         (the same cadence in every skicon estimator) with the logged loss; truthy stops.
+    n_jobs : int, default=None
+        Threads of ``fit``, ``transform`` and ``predict``: torch, numba, BLAS/OpenMP and the
+        compiled loops are capped to it, and restored afterwards. None: joblib's share of the
+        cores (all of them; a joblib worker's share inside one), with fewer torch threads for
+        training loops whose iterations are small; -1: all cores; k: k threads (see
+        :ref:`threads`).
 
     Attributes
     ----------
@@ -312,6 +308,9 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         Learned kernel, ``Prototypes(temperature)``.
     input_scale_ : float
         Factor applied to the input.
+    device_ : str
+        The torch device training ran on, with its index (``"cpu"``, ``"cuda:0"``): ``device``
+        resolved (``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``).
     n_features_in_ : int
         Number of features seen in fit.
 
@@ -339,7 +338,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
     def __init__(self, mapper="mlp", *, method="cross_entropy", hidden_layer_sizes=(256,), n_components=None,
                  temperature=None, alpha=0.0, augment=None, batch_size=128, max_iter=100, optimizer="adamw",
                  learning_rate=1e-3, weight_decay=1e-4, scale_input=True, device="auto", random_state=None,
-                 verbose=0, callbacks=None):
+                 verbose=0, callbacks=None, n_jobs=None):
         self.mapper = mapper
         self.method = method
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -357,6 +356,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.n_jobs = n_jobs
 
     def _make_plan(self, n_classes):
         row, implied = resolve_method("ICONClassifier", self.method)
@@ -368,6 +368,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
             n_classes=n_classes, n_components=n_components, seed=seed_from_random_state(self.random_state),
         )
 
+    @limit_threads
     def fit(self, X, y):
         """Train the encoder and the class prototypes (``max_iter`` epochs through the Trainer).
 
@@ -393,6 +394,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
             raise ValueError(f"ICONClassifier needs at least 2 classes in y; got 1 class ({self.classes_[0]!r}).")
         plan = self._plan = self._make_plan(len(self.classes_))
         self._device = resolve_device(self.device)
+        self.device_ = device_name(self._device)
         self.input_scale_ = _global_scale(X) if self.scale_input else 1.0
         encoder = self._make_encoder(self.mapper, X.shape[1], plan.n_components, plan.seed)
         module = _PrototypeClassifier(encoder, plan.n_classes, plan.n_components,
@@ -429,6 +431,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         W = self.module_.prototypes.detach().double().cpu()
         return self.q_.log_prob(Z, W).numpy()
 
+    @limit_threads
     def predict_proba(self, X):
         """Class probabilities q(c|x).
 
@@ -444,6 +447,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         """
         return np.exp(self._log_proba(X))
 
+    @limit_threads
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`.
 
@@ -459,6 +463,7 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         """
         return self._log_proba(X)
 
+    @limit_threads
     def predict(self, X):
         """Most probable class.
 
@@ -474,6 +479,12 @@ class ICONClassifier(ClassifierMixin, TransformerMixin, _ICONNetworkBase):
         log_proba = self._log_proba(X)  # checks that the model is fitted
         return self.classes_[np.argmax(log_proba, axis=1)]
 
+    @property
+    def _n_features_out(self):
+        """Width of the output of :meth:`transform` (names of ``get_feature_names_out``)."""
+        return check_is_fitted(self, "module_") or self._plan.n_components
+
+    @limit_threads
     def transform(self, X):
         """Representation ``f(x)`` (the penultimate features), in the input's float dtype.
 

@@ -23,6 +23,11 @@ class Heads(nn.Module):
     Only the R' heads still in ``active`` (all at first; see :meth:`keep`) are evaluated.
     """
 
+    #: Under torch.distributed (:mod:`skicon._distributed`): the rows are the outputs' axis 1, and
+    #: pruned heads leave parameters without a gradient, which DDP must look for.
+    batch_axis = 1
+    ddp_find_unused_parameters = True
+
     def __init__(self, heads):
         super().__init__()
         self.heads = nn.ModuleList(heads)
@@ -48,6 +53,10 @@ class FusedHeads(nn.Module):
     weights. After :meth:`keep`, only the kept heads are evaluated (their weights are gathered
     from the stacked parameters, so the optimiser's parameters never change shape).
     """
+
+    #: As :class:`Heads` (``template`` holds parameters that never get a gradient).
+    batch_axis = 1
+    ddp_find_unused_parameters = True
 
     def __init__(self, heads):
         super().__init__()
@@ -158,16 +167,28 @@ def center_sqdist(X, C, chunk=2048):
 # ---------------------------------------------------------------------------------------------
 # k-means: seeding and the exact minimisation step
 # ---------------------------------------------------------------------------------------------
-def kmeans_pp(X, k, rng):
-    """k-means++ seeding: centers drawn with probability proportional to D(x)^2."""
+def kmeans_pp(X, k, rng, n_trials=1):
+    """k-means++ seeding: centers drawn with probability proportional to D(x)^2.
+
+    With ``n_trials > 1``, the greedy variant: each step draws ``n_trials`` candidates and keeps
+    the one that most lowers the sum of D(x)^2 (scikit-learn's KMeans uses ``2 + log k``).
+    """
     n = X.shape[0]
     centers = [X[rng.randint(n)]]
     d2 = ((X - centers[0]) ** 2).sum(1)
     for _ in range(1, k):
         total = d2.sum()
-        i = rng.randint(n) if total <= 0 else rng.choice(n, p=d2 / total)
-        centers.append(X[i])
-        d2 = np.minimum(d2, ((X - X[i]) ** 2).sum(1))
+        if total <= 0:
+            cand = rng.randint(n, size=n_trials)
+        else:
+            cand = rng.choice(n, size=n_trials, p=d2 / total)
+        best_i, best_d2 = None, None
+        for i in cand:
+            trial = np.minimum(d2, ((X - X[i]) ** 2).sum(1))
+            if best_d2 is None or trial.sum() < best_d2.sum():
+                best_i, best_d2 = i, trial
+        centers.append(X[best_i])
+        d2 = best_d2
     return np.array(centers)
 
 
@@ -202,6 +223,77 @@ def lloyd_polish(X, centers, max_iter=300):
     d2 = center_sqdist(X, centers)
     labels = d2.argmin(1)
     return float(d2[np.arange(len(X)), labels].sum()), labels, centers
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial assignments: k-means++ and Lloyd steps on each head's own features
+# ---------------------------------------------------------------------------------------------
+#: Samples on which a head's initial centres are computed (a uniform subsample above it).
+INIT_SAMPLE = 4096
+#: Lloyd steps of the initial centres after the k-means++ seeding.
+INIT_LLOYD = 10
+#: Temperature of the initial logits in units of the mean squared distance to the nearest centre.
+INIT_SOFTNESS = 1.0
+#: The restarts that :func:`seed_heads` starts (the others keep their random initialisation).
+SEEDED_HEADS = slice(0, None, 2)
+
+
+def seed_heads(heads, Xs, k, rng):
+    """Start each head at a k-means assignment of its own features (in place).
+
+    The head's last linear layer reads features ``h`` (the input for a linear head, the hidden
+    layer for an MLP, at their random initialisation). Centres ``mu_c`` from greedy k-means++ and
+    :data:`INIT_LLOYD` Lloyd steps on ``h`` (each head its own seeding) define the
+    nearest-centre logits ``-||h - mu_c||^2 / T``, which are linear in ``h`` up to a per-row
+    constant: weights ``2 mu_c / T`` and biases ``-||mu_c||^2 / T``. ``T`` is the mean squared
+    distance to the nearest centre, so the initial assignment is soft where the clusters
+    overlap and near hard where they are well separated. Without it, a random head starts with
+    clusters that no sample prefers; they stay empty while two groups share one cluster (on
+    10 well-separated blobs most restarts ended with 9 clusters). A head whose last layer is not
+    a biased ``nn.Linear`` (a user factory) is left as built.
+
+    Parameters
+    ----------
+    heads : list of torch.nn.Module
+        Linear layers or Sequentials ending in one, as built by :func:`~skicon.mappers.make_mapper`.
+    Xs : ndarray of shape (n_samples, n_features)
+        The standardised training data the heads read.
+    k : int
+        Number of clusters (outputs of the heads).
+    rng : numpy.random.RandomState
+        Seeding and subsampling.
+
+    Returns
+    -------
+    list of bool
+        Whether each head was seeded.
+    """
+    n = Xs.shape[0]
+    sample = rng.choice(n, INIT_SAMPLE, replace=False) if n > INIT_SAMPLE else np.arange(n)
+    X_sample = torch.as_tensor(np.asarray(Xs[sample], dtype=np.float32))
+    done = []
+    for head in heads:
+        layers = layers_of(head)
+        last = None if not layers else layers[-1]
+        if not isinstance(last, nn.Linear) or last.bias is None or last.out_features != k:
+            done.append(False)
+            continue
+        with torch.no_grad():
+            H = X_sample
+            for layer in layers[:-1]:
+                H = layer(H)
+            H = H.double().numpy()
+            centers = kmeans_pp(H, k, rng, n_trials=2 + int(np.log(k)))
+            for _ in range(INIT_LLOYD):
+                labels = sqdist(H, centers).argmin(1)
+                for c in range(k):
+                    if (labels == c).any():
+                        centers[c] = H[labels == c].mean(0)
+            temperature = INIT_SOFTNESS * max(float(sqdist(H, centers).min(1).mean()), 1e-12)
+            last.weight.copy_(torch.as_tensor(2.0 * centers / temperature, dtype=last.weight.dtype))
+            last.bias.copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=last.bias.dtype))
+        done.append(True)
+    return done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 
 from ._cluster_train import ClusterPlan, forward_block_loss, graph_degrees, reverse_block_loss
 from ._registry import resolve_method
+from .augment import apply_augment
 from .kernels import ClusterKernel, Debiased, Graph, Propagated, UniformKNN, normalize_rows
 from .kernels._base import drop_diagonal
 from .objectives._cluster import exp_graph_log_p
@@ -98,18 +99,10 @@ def learned_kernel(est):
     return Debiased(q, alpha=plan.alpha_q) if plan.alpha_q > 0 else q
 
 
-def augmented(est, X, anchors, rng):
-    try:
-        view = est.augment(np.asarray(X[anchors], dtype=np.float32), rng)
-    except Exception as exc:  # a user callable failing gets named
-        raise ValueError(f"augment raised {type(exc).__name__}: {exc}. augment must be a callable "
-                         "augment(X_batch, random_state) -> perturbed X_batch.") from exc
-    view = np.asarray(view.detach().cpu() if isinstance(view, torch.Tensor) else view)
-    if view.shape != (len(anchors), X.shape[1]):
-        raise ValueError(f"augment must return an array of the batch's shape {(len(anchors), X.shape[1])}, "
-                         f"got {view.shape}.")
-    if not np.issubdtype(view.dtype, np.number) or not np.isfinite(view).all():
-        raise ValueError("augment returned non-finite or non-numeric values; it must return a finite float batch.")
+def augmented(est, X, anchors, generator):
+    """The anchors' views: ``est.augment(X_batch, generator)`` on the raw float32 batch, then standardised."""
+    batch = torch.as_tensor(np.asarray(X[anchors], dtype=np.float32))
+    view = apply_augment(est.augment, batch, generator).numpy()
     return torch.as_tensor(est._standardize(view), device=est._device)
 
 

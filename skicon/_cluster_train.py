@@ -1,7 +1,8 @@
 """Training of ICONClustering: the plan, the batch objectives and the runs through the Trainer.
 
 * :class:`PairObjective` (forward rows "mi", "infonce_clustering"): anchors, one positive
-  sampled from p per anchor (and an augmented view), :func:`cluster_kernel_loss`.
+  sampled from p per anchor (and an augmented view), :func:`cluster_kernel_loss`
+  ("infonce_clustering") or TEMI's :func:`temi_loss` ("mi").
 * :class:`BlockObjective` (reverse row "ncut"): anchors and one graph neighbour each, the
   row's exponential p and the degree-weighted cluster kernel on the block,
   :func:`reverse_cluster_loss`.
@@ -23,8 +24,13 @@ from ._cluster_heads import PRUNE_WINDOW, LogitTables, kmeans_pp, last_mean, llo
 from ._training import RowSampler, Trainer, check_callbacks, log_means
 from .kernels import normalize_rows
 from .objectives._cluster import (
-    cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss,
+    cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss, temi_loss,
 )
+
+#: TEMI's exponent of the pointwise mutual information and momentum of its cluster marginal
+#: (Adaloglou et al., 2023, their defaults), used by the "mi" row.
+TEMI_BETA = 0.6
+TEMI_PRIOR_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class PairObjective:
         self.degrees = degrees
         self.neg_gen = torch.Generator().manual_seed(seed + 2)
         self.per_head = []
+        self.prior = None  # TEMI's moving cluster marginal ("mi")
 
     def __call__(self, mod, anchors, teacher):
         a = anchors.numpy()
@@ -94,6 +101,9 @@ class PairObjective:
         if teacher is not mod:
             with torch.no_grad():
                 cand = teacher(inputs)
+        if self.plan.row == "mi":
+            losses = self.temi(mod, logits, cand, rows, cols, vals)
+            return record_heads(self, mod, losses)
         d = None if self.degrees is None else torch.as_tensor(self.degrees[idx], dtype=torch.float32, device=device)
         losses = cluster_kernel_loss(
             logits, torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device),
@@ -102,6 +112,24 @@ class PairObjective:
             include_self=self.plan.include_self,
         )
         return record_heads(self, mod, losses)
+
+    def temi(self, mod, logits, cand, rows, cols, vals):
+        """The "mi" row as TEMI trains it: :func:`temi_loss` with a moving cluster marginal.
+
+        The marginal ``pi`` of each head is the teacher's (the EMA teacher's with ``ema``, else
+        the head's own) mean assignment, averaged over batches with momentum
+        :data:`TEMI_PRIOR_MOMENTUM` as in TEMI; the pairs are listed both ways (symmetric loss).
+        """
+        device = logits.device
+        with torch.no_grad():
+            batch_mean = torch.softmax(logits if cand is None else cand, dim=-1).mean(dim=1).cpu().numpy()
+        active = getattr(mod, "active", list(range(self.n_init)))
+        if self.prior is None:
+            self.prior = np.full((self.n_init, logits.shape[-1]), 1.0 / logits.shape[-1])
+        self.prior[active] = TEMI_PRIOR_MOMENTUM * self.prior[active] + (1 - TEMI_PRIOR_MOMENTUM) * batch_mean
+        return temi_loss(logits, cand, torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device),
+                         torch.as_tensor(vals, dtype=torch.float32, device=device), beta=TEMI_BETA,
+                         prior=torch.as_tensor(self.prior[active], dtype=torch.float32, device=device))
 
 
 class BlockObjective:
@@ -164,7 +192,7 @@ def train_heads(module, objective, *, n_samples, plan, est, seed):
         module, objective, n_samples=n_samples, batch_size=min(est.batch_size, n_samples), n_steps=est.max_iter,
         learning_rate=plan.learning_rate, ema=est.ema, device=est._device, random_state=seed,
         callbacks=check_callbacks(est.callbacks), hooks=[prune], verbose=est.verbose, estimator=est,
-        desc="ICONClustering",
+        desc="ICONClustering", distributed=True,
     )
     trainer.run()
     history = np.array(objective.per_head)

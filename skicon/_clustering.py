@@ -18,16 +18,20 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cluster_heads import CenterScores, FusedHeads, Heads, center_sqdist, softmax
+from ._cluster_heads import SEEDED_HEADS, CenterScores, FusedHeads, Heads, center_sqdist, seed_heads, softmax
 from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
 from ._cluster_train import BlockObjective, PairObjective, _BatchInputs, relax_kmeans, train_heads
+from ._distributed import from_rank0
 from ._registry import METHODS
+from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
+from ._threads import N_JOBS_CONSTRAINT, limit_threads
 from ._training import batched_forward, check_callbacks, log_means
-from ._utils import resolve_device, seed_from_random_state
+from ._utils import resolve_device, seed_from_random_state, state_on_cpu
+from ._validation import to_unit_frame, unit_exponent
 from .kernels import Gaussian, Kernel
 from .mappers import MAPPERS, make_mapper
-from .neighbors import query_neighbors
+from .neighbors import query_neighbors, search_device
 
 __all__ = ["ICONClustering"]
 
@@ -35,7 +39,7 @@ __all__ = ["ICONClustering"]
 CLUSTERING_METHODS = tuple(n for r in METHODS.values() if r.estimator == "ICONClustering" for n in (r.name, *r.aliases))
 
 
-class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
+class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """Clustering by I-Con: align the shared-cluster-likelihood kernel with a neighbourhood.
 
     The learned distribution is the cluster kernel of probabilistic k-means,
@@ -76,13 +80,22 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     hidden_layer_sizes : tuple of int, default=(64,)
         Hidden sizes of ``mapper="mlp"``.
     augment : callable, default=None
-        ``augment(X_batch, random_state) -> X_view`` (same shape, finite): each anchor's view
-        is an extra positive (forward rows).
+        ``augment(X_batch, generator) -> X_view``, called positionally with a torch batch of
+        shape ``(batch, n_features)`` and a :class:`torch.Generator` (the one signature of every
+        estimator, :func:`skicon.augment.apply_augment`; the classes of :mod:`skicon.augment`
+        follow it); it returns the same shape, finite. Each anchor's view is an extra positive
+        (forward rows).
     n_init : int, default=8
         Restarts. Learned heads train side by side; at a quarter and at half of ``max_iter``
         (not before step 100) the worse half by mean loss over the last 50 steps stops, down
-        to two; the survivor with the lowest final loss is kept. "kmeans"/"spectral" keep the
-        seeding with the lowest objective.
+        to two; the survivor with the lowest final loss is kept. Every other restart (the
+        first, third, ...) of an MLP or linear head starts from a k-means assignment of its
+        own features: greedy k-means++ and 10 Lloyd steps on the input of its last layer set
+        that layer to the nearest-centre logits; the others keep their random initialisation.
+        Randomly initialised heads alone left a cluster empty and two blobs merged on
+        well-separated blobs, where k-means is the right model; the seeded restarts do not,
+        and win on the loss there (see ``seed_heads`` in ``skicon/_cluster_heads.py``).
+        "kmeans"/"spectral" keep the seeding with the lowest objective.
     batch_size : int, default=256
         Anchors per step (each brings a sampled positive); also the block of ``loss_``.
     n_negatives : int or None, default=64
@@ -108,7 +121,11 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         as in every skicon estimator, with the logged loss (mean over the restarts still
         trained); truthy stops ("kmeans"/"spectral": the relaxation; the polish still runs).
     n_jobs : int, default=None
-        Parallel jobs of the neighbour search.
+        Threads of ``fit``, ``transform`` and ``predict``: torch, numba, BLAS/OpenMP and the
+        compiled loops are capped to it, and restored afterwards. None: joblib's share of the
+        cores (all of them; a joblib worker's share inside one), with fewer torch threads for
+        training loops whose iterations are small; -1: all cores; k: k threads (see
+        :ref:`threads`).
 
     Attributes
     ----------
@@ -146,6 +163,9 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         "ncut": the symmetric 0/1 KNN graph (what ``p_`` sees); "spectral": the graph embedded.
     mean_, components_, scale_ : ndarray, ndarray or None, float
         Preprocessing: feature means, principal directions, global scale of the head's input.
+    device_ : str
+        The torch device training ran on, with its index (``"cpu"``, ``"cuda:0"``): ``device``
+        resolved (``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``).
     n_features_in_ : int
         Number of input features.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -157,7 +177,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     * ``"infonce_clustering"``: p = Debiased(Propagated(UniformKNN(k), s), alpha) (+ views), q =
       Debiased(ClusterKernel(include_self=False), alpha_q), forward KL on batches (Section 3.3).
-    * ``"mi"``: p = UniformKNN(k), q = ClusterKernel (self excluded), forward KL (Theorem 10).
+    * ``"mi"``: p = UniformKNN(k), q = ClusterKernel (self excluded), forward KL (Theorem 10),
+      trained as its reference method TEMI trains it: minus the beta-weighted pointwise mutual
+      information ``log sum_c (phi_ic psi_jc)^0.6 / pi_c`` of the kNN pairs, with ``psi`` the
+      EMA teacher's assignments when ``ema`` is set and ``pi`` their moving mean
+      (:func:`skicon.objectives._cluster.temi_loss`; at exponent 1 it is the row's KL up to
+      constants). ``loss_`` is the row's KL.
     * ``"ncut"``: reverse KL of the degree-weighted cluster kernel (self included) against
       p(j|i) ∝ exp(A_ij / d_j) over all j on the symmetric 0/1 KNN graph A (Theorem 11),
       on each batch block (O(batch^2)). Its loss is Ncut minus the entropy of q, which favours
@@ -203,7 +228,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [None, callable, list, tuple],
-        "n_jobs": [None, numbers.Integral],
+        "n_jobs": N_JOBS_CONSTRAINT,
     }
 
     def __init__(self, n_clusters=8, *, method="infonce_clustering", p=None, q=None, n_neighbors="auto",
@@ -247,28 +272,33 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _standardize(self, X):
         """Head input: centred, projected on the leading principal directions, one global scale."""
-        return (self._knn_space(X) / self.scale_).astype(np.float32)
+        return (self._knn_space(X) / np.ldexp(self.scale_, -self._unit_exp)).astype(np.float32)
 
     def _knn_space(self, X):
         """Centred data projected on the leading principal directions (KNN graph and head)."""
-        Xc = np.asarray(X, dtype=np.float64) - self.mean_
+        # in the unit frame of the training data (an exact power of two): the kNN distances neither
+        # overflow nor underflow for X * 1e160 or X * 1e-160
+        Xc = to_unit_frame(np.asarray(X, dtype=np.float64) - self.mean_, self._unit_exp)
         return Xc if self.components_ is None else Xc @ self.components_.T
 
     def _fit_preprocessing(self, X):
         X = np.asarray(X, dtype=np.float64)
         self.mean_ = X.mean(axis=0)
+        self._unit_exp = unit_exponent(X)
         self.components_ = None
         n, d = X.shape
         if self.n_components is not None and d > self.n_components and n > self.n_components:
             from sklearn.utils.extmath import randomized_svd
 
-            self.components_ = randomized_svd(X - self.mean_, self.n_components, random_state=0)[2]
+            self.components_ = randomized_svd(to_unit_frame(X - self.mean_, self._unit_exp), self.n_components,
+                                              random_state=0)[2]
         # One global factor (not per feature): keeps the relative variance of the directions.
-        scale = float(np.sqrt(self._knn_space(X).var(axis=0).mean()))
-        self.scale_ = scale if scale > 1e-12 else 1.0
+        scale = float(np.sqrt(self._knn_space(X).var(axis=0).mean()))  # about 1 in the unit frame
+        self.scale_ = float(np.ldexp(scale if scale > 0 else 1.0, self._unit_exp))  # in the units of X
 
     # -- fitting -------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
+    @limit_threads
     def fit(self, X, y=None):
         """Fit the clustering.
 
@@ -285,12 +315,16 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             The fitted estimator.
         """
         X = self._validate_X(X, reset=True)
+        if self.n_clusters > 1 and not np.ptp(X, axis=0).any():
+            raise ValueError(f"All the samples of X are identical: they form one cluster, so n_clusters="
+                             f"{self.n_clusters} cannot be honoured; pass distinct samples or n_clusters=1.")
         if self.n_clusters > X.shape[0]:
             raise ValueError(f"n_clusters={self.n_clusters} is larger than n_samples={X.shape[0]}; "
                              "use n_clusters <= n_samples.")
         check_callbacks(self.callbacks)
         self._plan = make_plan(self)
         self._device = resolve_device(self.device)
+        self.device_ = device_name(self._device)
         rng = check_random_state(self.random_state)
         self._fit_preprocessing(X)
         self.q_ = learned_kernel(self)
@@ -307,20 +341,23 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.mapper == "table" and self.augment is not None:
             raise ValueError("augment needs a parametric mapper ('linear', 'mlp' or a factory), not mapper='table'.")
         self._train_knn = Xk = self._knn_space(X)
-        self.p_, P, degrees = supervisory(self, Xk, seed_from_random_state(rng))
+        with search_device(self._device):  # exact torch kNN on CUDA
+            self.p_, P, degrees = supervisory(self, Xk, seed_from_random_state(rng))
+        P, degrees = from_rank0((P, degrees))  # torch.distributed: one p for every rank
         self._train_P, self._train_degrees = P, degrees
         seed = seed_from_random_state(rng)
         Xs = self._standardize(X)
         heads = [make_mapper(self.mapper, Xs.shape[1], self.n_clusters, n_samples=n, hidden=self.hidden_layer_sizes,
                              random_state=seed + r) for r in range(self.n_init)]
+        seed_heads(heads[SEEDED_HEADS], Xs, self.n_clusters, np.random.RandomState(seed + 3))
         module = (FusedHeads(heads) if FusedHeads.supports(heads[0]) else Heads(heads)).to(self._device)
         inputs = _BatchInputs(torch.as_tensor(Xs, device=self._device), self.mapper == "table", self._device)
         if plan.direction == "reverse":
             self.affinity_matrix_ = P
             objective = BlockObjective(inputs, P, degrees, plan, seed, n_init=self.n_init)
         else:
-            aug_rng = np.random.RandomState(seed + 1)
-            augment = None if self.augment is None else (lambda a: augmented(self, X, a, aug_rng))
+            aug_gen = torch.Generator().manual_seed(seed + 1)
+            augment = None if self.augment is None else (lambda a: augmented(self, X, a, aug_gen))
             objective = PairObjective(inputs, P, plan, seed, n_negatives=self.n_negatives, n_init=self.n_init,
                                       degrees=degrees, augment=augment)
         best, history, self.init_losses_, trainer = train_heads(module, objective, n_samples=n, plan=plan,
@@ -336,7 +373,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _fit_centroids(self, X, rng):
         """"kmeans" / "spectral": Adam relaxation through the Trainer, then the Lloyd polish."""
-        Z = np.asarray(X, dtype=np.float64) if self._plan.row == "kmeans" else self._spectral_embedding(X, rng)
+        Z = self._center_space(X) if self._plan.row == "kmeans" else self._spectral_embedding(X, rng)
         fit = relax_kmeans(Z, self.n_clusters, n_init=self.n_init, n_relax=min(self.max_iter, 100),
                            learning_rate=self._plan.learning_rate, rng=rng, est=self)
         sigma2 = max(fit["inertia"] / max(1, Z.shape[0] * Z.shape[1]), 1e-12)
@@ -345,8 +382,11 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.p_ = Gaussian(sigma=float(np.sqrt(sigma2)), n_neighbors=None, include_self=True)
         self.loss_curve_, self.n_iter_, self.init_losses_ = fit["loss_curve"], fit["n_iter"], fit["init_losses"]
         self.loss_curve_iterations_ = fit["loss_curve_iterations"]
-        self.inertia_, self._train_Z = fit["inertia"], Z
+        self.inertia_, self._train_Z = float(np.ldexp(fit["inertia"], 2 * self._unit_exp)) \
+            if self._plan.row == "kmeans" else fit["inertia"], Z
         self.loss_ = row_loss(self, self._center_logits(Z))
+        e = self._unit_exp if self._plan.row == "kmeans" else 0  # kmeans ran in X's unit frame: p_ in X's units
+        self.p_ = Gaussian(sigma=float(np.ldexp(np.sqrt(sigma2), e)), n_neighbors=None, include_self=True)
 
     def _spectral_embedding(self, X, rng):
         from sklearn.manifold import spectral_embedding
@@ -354,7 +394,9 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self._train_knn = Xk = self._knn_space(X)
         _, A, _ = supervisory(self, Xk, seed_from_random_state(rng))
         self.affinity_matrix_ = A
+        tiny = A.shape[0] < 5 * self.n_clusters + 1  # ARPACK needs k < n: a dense eigensolver (lobpcg) then
         self._train_embedding = spectral_embedding(A, n_components=self.n_clusters, drop_first=False,
+                                                   eigen_solver="lobpcg" if tiny else None,
                                                    random_state=seed_from_random_state(rng))
         return self._train_embedding
 
@@ -364,7 +406,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_clusters_ = len(used)
         self.labels_ = self._assign(logits, X, training=True)
         if self._plan.row == "kmeans":
-            self.cluster_centers_ = self._embed_centers[used]
+            self.cluster_centers_ = np.ldexp(self._embed_centers[used], self._unit_exp)
         else:
             phi = softmax(logits[:, used])
             self.cluster_centers_ = (phi.T @ np.asarray(X, dtype=np.float64)) / np.maximum(phi.sum(0), 1e-12)[:, None]
@@ -373,12 +415,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
     def _neighbour_mean(self, X, values):
         """Mean of ``values`` over each new point's training neighbours (inductive extension)."""
         idx, _ = query_neighbors(self._train_knn, self._knn_space(X), self._plan.n_neighbors, metric=self.metric,
-                                 n_jobs=self.n_jobs)
+                                 n_jobs=self.n_jobs, device=self._device)
         return values[idx].mean(axis=1)
 
     def _center_space(self, X, training=False):
         if self._plan.row == "kmeans":
-            return np.asarray(X, dtype=np.float64)
+            return to_unit_frame(np.asarray(X, dtype=np.float64), self._unit_exp)
         return self._train_embedding if training else self._neighbour_mean(X, self._train_embedding)
 
     def _center_logits(self, Z):
@@ -398,6 +440,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
             return d2.argmin(axis=1)
         return logits[:, self._used].argmax(axis=1)
 
+    @limit_threads
     def predict(self, X):
         """Assign samples to the fitted clusters (the nearest centre for "kmeans"/"spectral").
 
@@ -415,6 +458,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         return self._assign(self._logits(X), X)
 
+    @limit_threads
     def predict_proba(self, X):
         """Soft cluster assignments phi_ic.
 
@@ -432,6 +476,12 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         return softmax(self._logits(X)[:, self._used])
 
+    @property
+    def _n_features_out(self):
+        """Width of the output of :meth:`transform` (names of ``get_feature_names_out``)."""
+        return self.n_clusters_
+
+    @limit_threads
     def transform(self, X):
         """Soft cluster assignments (same as :meth:`predict_proba`).
 
@@ -463,6 +513,7 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         return self.fit(X).labels_
 
+    @limit_threads
     def score(self, X, y=None):
         """Minus the row's loss of the fitted model on ``X`` (higher is better).
 
@@ -486,11 +537,17 @@ class ICONClustering(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         if self._plan.row in _CENTROID_ROWS:
-            return -float(center_sqdist(self._center_space(X), self._embed_centers).min(axis=1).mean())
+            e = self._unit_exp if self._plan.row == "kmeans" else 0  # inertia in the units of X
+            inertia = center_sqdist(self._center_space(X), self._embed_centers).min(axis=1).mean()
+            return -float(np.ldexp(inertia, 2 * e))
         if X.shape[0] < 3:
             raise ValueError(f"score needs at least 3 samples to build a neighbourhood, got {X.shape[0]}.")
         _, P, degrees = supervisory(self, self._knn_space(X), 0)
         return -row_loss(self, self._logits(X), P=P, degrees=degrees, block=max(3, 2 * self.batch_size))
+
+    def __getstate__(self):
+        # The fitted module on the CPU, so that a model fitted on CUDA unpickles anywhere.
+        return state_on_cpu(super().__getstate__())
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -26,10 +26,14 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._classifier import (_COMMON_CONSTRAINTS, _EVAL_SEED, _as_data, _call_augment, _double, _encode, _Encoders,
                           _global_scale, _ICONNetworkBase, _loo_knn_accuracy, _method_names, _output_dtype)
+from ._distributed import from_rank0
 from ._registry import resolve_method
+from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name, per_view_output, warn_user
+from ._threads import limit_threads
 from ._training import RowSampler
 from ._utils import resolve_device, seed_from_random_state, torch_generator
 from .kernels import Debiased, Kernel, Labels, UniformKNN, Views
+from .neighbors import search_device
 from .objectives._batch import contrastive_loss, positive_pairs_block, triplet_block  # noqa: F401 (re-exported)
 from .objectives._batch import PositiveBatches, with_scale
 
@@ -54,6 +58,7 @@ class _ContrastivePlan:
     triplet: bool
     two_views: bool
     seed: int
+    n_components: int = 0  # width of the representation (``get_feature_names_out``)
 
 
 def _block_loss(module, batcher, batch, plan, generator, *, alpha, reduction="mean"):
@@ -65,7 +70,7 @@ def _block_loss(module, batcher, batch, plan, generator, *, alpha, reduction="me
     return loss, p
 
 
-class ICONContrastive(TransformerMixin, _ICONNetworkBase):
+class ICONContrastive(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, _ICONNetworkBase):
     """Contrastive feature learning (InfoNCE/SimCLR, SupCon, triplet, CMC/CLIP, t-SimCLR).
 
     Trains an encoder ``f`` so that the learned neighbourhood distribution ``q(j|i)`` of its
@@ -118,7 +123,10 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     alpha : float in [0, 1), default=0.0
         Debiasing of ``p`` (paper eq. 2): every candidate gets ``alpha / N`` extra mass.
     augment : callable or None, default=None
-        ``augment(X_batch, generator) -> X_batch_augmented`` (torch tensors, same shape).
+        ``augment(X_batch, generator) -> X_view``, called positionally with a torch batch of
+        shape ``(batch, n_features)`` and a :class:`torch.Generator` (the one signature of every
+        estimator, :func:`skicon.augment.apply_augment`; the classes of :mod:`skicon.augment`
+        follow it); it returns the same shape, finite.
     n_neighbors : int, default=10
         Neighbours per sample for neighbour positives (unused by the other sources).
     mapper : {"mlp", "linear"}, callable or list, default="mlp"
@@ -147,10 +155,16 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
     random_state : int, RandomState instance or None, default=None
         Seed of the weights, batches, augmentations and neighbour draws (reproducible on the CPU).
     verbose : int, default=0
-        Show the Trainer's progress bar with the loss.
+        Show the Trainer's progress bar with the loss, and a one-line summary, when positive.
     callbacks : callable or list of callables, default=None
         ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
         (the same cadence in every skicon estimator) with the logged loss; truthy stops.
+    n_jobs : int, default=None
+        Threads of ``fit``, ``transform`` and ``predict``: torch, numba, BLAS/OpenMP and the
+        compiled loops are capped to it, and restored afterwards. None: joblib's share of the
+        cores (all of them; a joblib worker's share inside one), with fewer torch threads for
+        training loops whose iterations are small; -1: all cores; k: k threads (see
+        :ref:`threads`).
 
     Attributes
     ----------
@@ -180,6 +194,9 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         Learned kernel (with the learned factor of ``learn_temperature``).
     input_scale_ : float or list of float
         Factor applied to the input (per view for views).
+    device_ : str
+        The torch device training ran on, with its index (``"cpu"``, ``"cuda:0"``): ``device``
+        resolved (``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``).
     n_features_in_ : int
         Number of features seen in fit (of the first view).
     n_views_ : int
@@ -219,7 +236,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
                  learn_temperature=False, alpha=0.0, augment=None, n_neighbors=10, mapper="mlp",
                  hidden_layer_sizes=(256, 256), n_components=32, batch_size=256, max_iter=100,
                  optimizer="adamw", learning_rate=1e-3, weight_decay=1e-5, scale_input=True, device="auto",
-                 random_state=None, verbose=0, callbacks=None):
+                 random_state=None, verbose=0, callbacks=None, n_jobs=None):
         self.method = method
         self.p = p
         self.q = q
@@ -243,6 +260,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.n_jobs = n_jobs
 
     # -- plan ---------------------------------------------------------------------------------
     def _make_plan(self, is_views, y, groups, n):
@@ -263,7 +281,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
             method=row.name, positives=positives, p=Debiased(p, alpha=alpha) if alpha > 0 else p, q=q,
             alpha=alpha, cross_view="views" in row.needs, triplet=row.name == "triplet",
             two_views=self.augment is not None and positives != "views",
-            seed=seed_from_random_state(self.random_state),
+            seed=seed_from_random_state(self.random_state), n_components=self.n_components,
         )
 
     def _resolve_positives(self, row, required, is_views, y, groups):
@@ -272,6 +290,13 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
             found = {"kernel": self.p is not None, "groups": groups is not None, "augment": self.augment is not None,
                      "labels": y is not None and self.augment is None}
             pos = "views" if is_views else required or next((k for k, v in found.items() if v), "neighbors")
+            if pos == "neighbors":
+                warn_user(
+                    f"ICONContrastive(method={self.method!r}) got no augment, labels, groups, views or p, so "
+                    f"each sample's positives are its n_neighbors={self.n_neighbors} nearest neighbours in the "
+                    "input, not augmented views of it. Pass augment=... (see skicon.augment) for augmentation "
+                    "positives, or positives='neighbors' to choose neighbour positives and silence this warning.",
+                )
         needs = {
             "views": (is_views, "X to be a list of views [X_a, X_b, ...]"),
             "labels": (y is not None, "labels y: call fit(X, y)"),
@@ -334,6 +359,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         return codes
 
     # -- fit ----------------------------------------------------------------------------------
+    @limit_threads
     def fit(self, X, y=None, *, groups=None):
         """Train the encoder.
 
@@ -359,11 +385,12 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         plan = self._plan = self._make_plan(is_views, y, groups, n)
         self.positives_, self.n_views_ = plan.positives, len(views)
         self._device = resolve_device(self.device)
+        self.device_ = device_name(self._device)
         scales = [_global_scale(v) if self.scale_input else 1.0 for v in views]
         self.input_scale_ = scales if is_views else scales[0]
         module = self._make_module(views, plan.seed)
         data = [_as_data(v, s, torch.float32) for v, s in zip(views, scales)]
-        P = self._positives_matrix(data[0], y, groups, plan.seed)
+        P = from_rank0(self._positives_matrix(data[0], y, groups, plan.seed))  # torch.distributed: one p
         batcher = self._make_batcher(data, y, groups, P, seed=plan.seed + 7919)
         if plan.two_views:
             _call_augment(self.augment, data[0][:4].to(self._device), torch_generator(0))
@@ -393,8 +420,9 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         """The sparse p of drawn positives (neighbours, ``p``), or None."""
         if self._plan.positives not in ("neighbors", "kernel"):
             return None
-        P = sp.csr_matrix(self._plan.p.conditional(X.numpy().astype(np.float64), y=y, groups=groups,
-                                                   random_state=seed))
+        with search_device(self._device):  # exact torch kNN on CUDA
+            P = sp.csr_matrix(self._plan.p.conditional(X.numpy().astype(np.float64), y=y, groups=groups,
+                                                       random_state=seed))
         if P.shape != (X.shape[0], X.shape[0]):
             raise ValueError(f"p.conditional must return an (n, n) matrix, got {P.shape}.")
         return P
@@ -425,6 +453,12 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         return total / max(count, 1)
 
     # -- transform ------------------------------------------------------------------------------
+    @property
+    def _n_features_out(self):
+        """Width of the output of :meth:`transform` (names of ``get_feature_names_out``)."""
+        return check_is_fitted(self, "module_") or self._plan.n_components
+
+    @limit_threads
     def transform(self, X, view=0):
         """Embed ``X`` with the trained encoder.
 
@@ -460,6 +494,7 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         return _encode(self.module_, X, view=view, scale=scale).astype(_output_dtype(X), copy=False)
 
     # -- score --------------------------------------------------------------------------------
+    @limit_threads
     def score(self, X, y=None, groups=None):
         """Default model-selection score (higher is better).
 
@@ -495,3 +530,8 @@ class ICONContrastive(TransformerMixin, _ICONNetworkBase):
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.non_deterministic = self.device != "cpu" and not (self.device == "auto" and not torch.cuda.is_available())
         return tags
+
+
+# set_output: a list of views gets one DataFrame per view (scikit-learn's wrapper expects one array)
+ICONContrastive.transform = per_view_output(ICONContrastive.transform)
+ICONContrastive.fit_transform = per_view_output(ICONContrastive.fit_transform)

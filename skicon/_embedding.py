@@ -11,7 +11,9 @@ Which "t-SNE" is which
   mean over rows of ``KL(p(.|i) || q(.|i))``, i.e. exactly :func:`skicon.icon_loss`.
 * ``method="sne"`` is Hinton & Roweis' SNE (Table 1, Theorem 1): conditional Gaussians on both
   sides, ``q(j|i) ∝ exp(-||phi_i - phi_j||^2)``.
-* ``method="pca"`` (Corollary 1) and ``method="mds"`` (Theorem 3) are the wide-Gaussian limits.
+* ``method="pca"`` (Corollary 1) and ``method="mds"`` (Theorem 3) are the wide-Gaussian limits,
+  solved by LBFGS on their exact loss from a principal-subspace start
+  (:mod:`skicon._embedding_limits`).
 
 The fit reads: validate -> plan (:class:`skicon._embedding_parts.Plan`) -> p =
 kernel.conditional -> objective (the pairwise engine of :mod:`skicon.objectives._pairwise`, or
@@ -28,14 +30,18 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._embedding_parts import (EXACT_BELOW, METHODS, MODES, DenseObjective, LossStalled, Threads, dense, dense_module,
+from ._embedding_parts import (EXACT_BELOW, METHODS, MODES, DenseObjective, LossStalled, dense, dense_module,
                                dense_tensor, embed_new_points, initial_embedding, make_plan,
                                make_trustworthiness_scorer, trustworthiness_scorer)
+from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
+from ._threads import N_JOBS_CONSTRAINT, thread_limits
+from ._embedding_limits import fit_limit
 from ._training import Trainer, check_callbacks
-from ._utils import resolve_device, seed_from_random_state
+from ._utils import resolve_device, seed_from_random_state, state_on_cpu
+from ._validation import to_unit_frame, unit_exponent
 from .kernels import Gaussian, Kernel, StudentT
 from .mappers import Table, make_mapper
-from .neighbors import query_neighbors
+from .neighbors import query_neighbors, search_device
 from .objectives._pairwise import EngineObjective, SparseAffinity, auto_learning_rate, joint_from_conditional
 
 __all__ = ["ICONEmbedding", "trustworthiness_scorer", "make_trustworthiness_scorer"]
@@ -43,7 +49,7 @@ __all__ = ["ICONEmbedding", "trustworthiness_scorer", "make_trustworthiness_scor
 # ------------------------------------------------------------------------------------------------
 # estimator
 # ------------------------------------------------------------------------------------------------
-class ICONEmbedding(TransformerMixin, BaseEstimator):
+class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, BaseEstimator):
     """Neighbour embedding by I-Con: SNE, t-SNE, PCA and MDS as choices of p and q.
 
     Minimises the I-Con loss between a supervisory neighbourhood distribution ``p`` on the data
@@ -69,7 +75,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         :class:`~skicon.kernels.DistanceKernel` (self pair excluded) runs on the scalable
         engine, including a kernel written with only ``log_weight``; kernels that name a
         compiled loop (``compiled_profile()``: ``StudentT``, ``Gaussian``) run the fused CPU
-        loops in 1-D and 2-D, every other distance kernel falls back to the engine's torch
+        loops in 1-D to 3-D, every other distance kernel falls back to the engine's torch
         code (same results, slower). Other kernels (cosine, dot product, debiased or
         self-including ones) run the dense exact path (small n only).
     n_components : int, default=2
@@ -82,7 +88,9 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     alpha : float in [0, 1), default=0.0
         Debiasing (paper eq. 2): ``p~ = (1 - alpha) p + alpha / N``, on every path (``p_`` is
         then ``Debiased(p, alpha)``). On the engine the uniform part acts as a weak global
-        attraction and keeps the loss O(n) (one more kernel sum).
+        attraction and keeps the loss O(n) (one more kernel sum). ``p=Debiased(kernel, alpha=a)``
+        means the same as ``p=kernel, alpha=a`` (so a grid can search ``p__alpha``); giving
+        both a non-zero ``alpha`` and a different ``p.alpha`` raises a ``ValueError``.
     normalization : {"auto", "joint", "conditional"}, default="auto"
         Joint (one distribution over pairs, t-SNE) or conditional (per row, Table 1). "auto"
         takes the row's default (joint for ``tsne``), conditional with an explicit ``p`` and
@@ -94,7 +102,8 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         ``method="pca"``, "table" otherwise.
     init : {"pca", "random", "spectral"} or ndarray of shape (n_samples, n_components), default="pca"
         Initial table. "pca" and "spectral" are rescaled to standard deviation 1e-4, as usual
-        for t-SNE. Ignored by parametric mappers.
+        for t-SNE (``method="mds"``: the principal scores themselves, at the data's scale).
+        Ignored by parametric mappers.
     learning_rate : float or "auto", default="auto"
         Step size. "auto" is ``max(n / (4 * exaggeration), 50)`` per phase for the table (the
         gradient carries t-SNE's factor 4; this equals openTSNE's ``n / exaggeration``), 1e-3
@@ -109,10 +118,10 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
     mode : {"auto", "exact", "fft", "sampled"}, default="auto"
         How the repulsion over all pairs is computed. "exact": all pairs (O(n^2) time, chunked
         memory); "fft": grid interpolation + FFT (1-D/2-D only); "sampled": random negatives.
-        "auto": exact below 10,000 samples for 1-D/2-D embeddings on CPU with a compiled
+        "auto": exact below 10,000 samples for 1-D to 3-D embeddings on CPU with a compiled
         kernel (fused loops, O(n) memory) and below 1,000 elsewhere, then fft in 1-D/2-D,
-        sampled otherwise (exact up to 5,000 samples). The dense path accepts only "auto" and
-        "exact".
+        sampled otherwise (exact up to 5,000 samples). The PCA and MDS rows and the dense path
+        accept only "auto" and "exact".
     n_negatives : int, default=64
         Negatives per point for ``mode="sampled"``.
     batch_size : int, default=2048
@@ -128,7 +137,11 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         ``cb(iteration, loss, estimator) -> bool`` every 50 iterations and after the last one
         (the same cadence in every skicon estimator) with the logged loss; truthy stops.
     n_jobs : int, default=None
-        CPU threads for torch, the compiled loops and the neighbour search (-1: all cores).
+        Threads of ``fit``, ``transform`` and ``predict``: torch, numba, BLAS/OpenMP and the
+        compiled loops are capped to it, and restored afterwards. None: joblib's share of the
+        cores (all of them; a joblib worker's share inside one), with fewer torch threads for
+        training loops whose iterations are small; -1: all cores; k: k threads (see
+        :ref:`threads`).
 
     Attributes
     ----------
@@ -168,6 +181,9 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         Perplexity actually used (None when ``p`` is not a perplexity Gaussian).
     mode_ : str
         The repulsion mode actually used (or "dense").
+    device_ : str
+        The torch device training ran on, with its index (``"cpu"``, ``"cuda:0"``): ``device``
+        resolved (``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``).
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -216,7 +232,7 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [callable, list, tuple, None],
-        "n_jobs": [numbers.Integral, None],
+        "n_jobs": N_JOBS_CONSTRAINT,
     }
 
     def __init__(
@@ -268,6 +284,10 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         self.callbacks = callbacks
         self.n_jobs = n_jobs
 
+    def __getstate__(self):
+        # The fitted module on the CPU, so that a model fitted on CUDA unpickles anywhere.
+        return state_on_cpu(super().__getstate__())
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -293,16 +313,27 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
             The fitted estimator.
         """
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], ensure_min_samples=2)
+        # The neighbour rows' p is scale free (perplexity-calibrated): compute in X's unit frame
+        # (an exact power of two), so that X * 1e-160 or X * 1e160 fit as X does.
+        scale_free = self.method in ("sne", "tsne", "tsne_conditional") and (
+            self.p is None or getattr(self.p, "_scale_free", lambda: False)())
+        self._unit_exp = unit_exponent(X) if scale_free else 0
+        X = to_unit_frame(X, self._unit_exp)
         callbacks = check_callbacks(self.callbacks)
         device = resolve_device(self.device)
         plan = self._plan = make_plan(self, X, device)
-        with Threads(self.n_jobs):
+        with thread_limits(self.n_jobs, size=np.prod(X.shape)), search_device(device):  # torch kNN on CUDA
             if plan.path == "engine":
                 trainer, objective, module, loss = self._fit_engine(X, plan, device, callbacks)
+            elif plan.path == "limit":
+                trainer, objective, module, loss, self.affinities_ = fit_limit(self, X, plan, device, callbacks)
+                with torch.no_grad():
+                    self._set_embedding(objective.embedding(module))
             else:
                 trainer, objective, module, loss = self._fit_dense(X, plan, device, callbacks)
         self.p_, self.q_, self.normalization_, self.mode_ = plan.p, plan.q, plan.normalization, plan.mode
         self.perplexity_ = plan.perplexity
+        self.device_ = device_name(device)
         self.kl_divergence_ = self.loss_ = float(loss)
         self.loss_curve_ = np.asarray(trainer.history, dtype=np.float64)
         self.n_iter_ = trainer.n_iter
@@ -352,7 +383,8 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         gen = torch.Generator(device=device).manual_seed(seed_from_random_state(self.random_state))
         inputs = dense_tensor(X, device, dtype) if parametric else None
         objective = EngineObjective(aff, plan.q, inputs=inputs, normalization=plan.normalization,
-                                    alpha=float(self.alpha), method=plan.mode, n_negatives=self.n_negatives,
+                                    alpha=float(plan.p.alpha) if plan.p is not plan.p_base else 0.0,  # debiased p
+                                    method=plan.mode, n_negatives=self.n_negatives,
                                     generator=gen)
         if parametric:
             module = make_mapper(plan.mapper, X.shape[1], d, n_samples=n, random_state=self.random_state)
@@ -411,13 +443,18 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
             trainer = Trainer(module, objective, n_steps=self.max_iter, n_samples=n, batch_size=self.batch_size,
                               optimizer="adam", learning_rate=1e-2 if auto else float(self.learning_rate),
                               device=device, random_state=self.random_state, callbacks=callbacks,
-                              verbose=self.verbose, estimator=self, desc="ICONEmbedding")
+                              verbose=self.verbose, estimator=self, desc="ICONEmbedding", distributed=True)
         trainer.run()
         with torch.no_grad():
             self._set_embedding(objective.outputs(module))
         return trainer, objective, module, objective.final_loss(module)
 
     # -- transform -------------------------------------------------------------------------------
+    @property
+    def _n_features_out(self):
+        """Width of the output of :meth:`transform` (names of ``get_feature_names_out``)."""
+        return self.embedding_.shape[1]
+
     def transform(self, X):
         """Embed new data.
 
@@ -438,12 +475,13 @@ class ICONEmbedding(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "embedding_")
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False)
+        X = to_unit_frame(X, getattr(self, "_unit_exp", 0))
         device = resolve_device(self.device)
-        with Threads(self.n_jobs):
+        with thread_limits(self.n_jobs, size=np.prod(X.shape)), search_device(device):  # torch kNN on CUDA
             if hasattr(self, "module_"):
                 dtype = next(self.module_.parameters()).dtype
-                with torch.no_grad():
-                    Z = self.module_(dense_tensor(X, device, dtype))
+                with torch.no_grad():  # on the module's device (the CPU after unpickling)
+                    Z = self.module_(dense_tensor(X, next(self.module_.parameters()).device, dtype))
                 return Z.cpu().numpy().astype(np.float64)
             return self._transform_table(X, device)
 

@@ -6,7 +6,6 @@ p -> objective -> Trainer.run -> fitted attributes. The maths of the scalable pa
 """
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from ._utils import seed_from_random_state
 from .kernels import Debiased, DistanceKernel, Gaussian, Identity
 from .kernels._base import restrict
 from .mappers import Table, make_mapper
-from .objectives import _compiled, icon_loss
+from .objectives import icon_loss
 from .objectives._pairwise import PlacementObjective, compiled_kernels_apply
 
 #: Row names and aliases ``method=`` accepts (the registry's rows of ICONEmbedding).
@@ -61,7 +60,9 @@ class Plan:
     mapper : str or callable
         ``"table"``, ``"linear"``, ``"mlp"`` or a factory.
     path : str
-        ``"engine"`` (pairwise objective, analytic gradient) or ``"dense"`` (exact blocks, autograd).
+        ``"engine"`` (pairwise objective, analytic gradient), ``"limit"`` (the PCA / MDS rows: LBFGS
+        on the exact loss with the engine's gradient, :mod:`skicon._embedding_limits`) or
+        ``"dense"`` (exact blocks, autograd).
     mode : str
         Repulsion mode of the engine, or ``"dense"``.
     perplexity : float or None
@@ -92,12 +93,14 @@ def make_plan(est, X, device):
     row, implied = resolve_method("ICONEmbedding", est.method)
     defaults = {**row.defaults, **implied}
     p, perplexity = _row_p(est, row.name, X)
+    p, alpha = _one_debiasing(p, est.alpha)
     q = est.q if est.q is not None else _row_q(row, X)
     engine = row.name in ("sne", "tsne") and isinstance(q, DistanceKernel) and not q.include_self
     norm = est.normalization
     if norm == "auto":
         norm = defaults.get("normalization", "conditional") if (engine and est.p is None) else "conditional"
     mapper = defaults.get("mapper", "table") if est.mapper == "auto" else est.mapper
+    limit = not engine and limit_applies(row.name, p, q, mapper, alpha)
     if engine:
         q._validate()
         mode = _resolve_mode(est, X.shape[0], device, q)
@@ -108,9 +111,35 @@ def make_plan(est, X, device):
         if est.mode not in ("auto", "exact"):
             raise ValueError(f"mode={est.mode!r} is not available on the dense exact path (q={q!r}, "
                              f"method={est.method!r}); use mode='auto' or 'exact'.")
-        mode = "dense"
-    p_used = Debiased(p, alpha=float(est.alpha)) if est.alpha > 0 else p
-    return Plan(row.name, p_used, p, q, norm, mapper, "engine" if engine else "dense", mode, perplexity)
+        mode = "exact" if limit else "dense"
+    p_used = Debiased(p, alpha=alpha) if alpha > 0 else p
+    path = "engine" if engine else ("limit" if limit else "dense")
+    return Plan(row.name, p_used, p, q, norm, mapper, path, mode, perplexity)
+
+
+def limit_applies(row, p, q, mapper, alpha):
+    """Whether the PCA / MDS row runs on the limit path (else the dense autograd path).
+
+    PCA: ``p = 1[i = j]`` (no debiasing), a self-including distance kernel ``q`` and the
+    orthonormal linear map (a free table has no PCA optimum: its variance is unbounded). MDS:
+    any supervisory ``p`` and a distance kernel ``q`` without the self pair.
+    """
+    if not isinstance(q, DistanceKernel):
+        return False
+    if row == "pca":
+        return isinstance(p, Identity) and q.include_self and mapper == "linear" and alpha == 0
+    return row == "mds" and not q.include_self
+
+
+def _one_debiasing(p, alpha):
+    """A debiased ``p`` as (kernel, alpha): the engine applies ``alpha`` itself, and would
+    otherwise train the kernel inside ``Debiased`` without its debiasing."""
+    alpha = float(alpha)
+    if not isinstance(p, Debiased):
+        return p, alpha
+    if alpha not in (0.0, float(p.alpha)):
+        raise ValueError(f"alpha={alpha} and p={p!r} debias p twice; set one of them (alpha=0 keeps p's).")
+    return p.kernel, float(p.alpha)
 
 
 def _row_p(est, row, X):
@@ -218,27 +247,6 @@ def make_trustworthiness_scorer(n_neighbors=10):
 
 #: Trustworthiness scorer with ``n_neighbors=10``.
 trustworthiness_scorer = make_trustworthiness_scorer(10)
-
-
-class Threads:
-    """Temporarily set torch's CPU threads, and the compiled loops', from ``n_jobs`` (restored on exit)."""
-
-    def __init__(self, n_jobs):
-        self.n_jobs = n_jobs
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        if self.n_jobs is not None:
-            cores = os.cpu_count() or 1
-            n = self.n_jobs if self.n_jobs > 0 else max(1, cores + 1 + self.n_jobs)
-            torch.set_num_threads(int(n))
-        self.kernels = _compiled.threads(torch.get_num_threads())
-        self.kernels.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.kernels.__exit__(*exc)
-        torch.set_num_threads(self.old)
 
 
 class OrthonormalLinear(torch.nn.Module):
@@ -372,11 +380,12 @@ class DenseObjective:
         P = self.p.conditional(self.X[idx], random_state=self.random_state, n_jobs=self.n_jobs)
         loc = np.arange(len(idx))
         block = restrict(self.p, P, loc, loc, dtype=torch.float64, device=self.device)
-        return icon_loss(block, self.q.log_prob(self.outputs(module, torch.as_tensor(idx, device=self.device))))
+        return icon_loss(block, self.q.log_prob(self.outputs(module, torch.as_tensor(idx, device=self.device))),
+                         validate=False)
 
     def __call__(self, module, batch, teacher):
         if self.P is not None:
-            return icon_loss(self.P_block, self.q.log_prob(self.outputs(module)))
+            return icon_loss(self.P_block, self.q.log_prob(self.outputs(module)), validate=False)
         return self.block_loss(module, batch.cpu().numpy())
 
     @torch.no_grad()
@@ -394,15 +403,19 @@ class DenseObjective:
 
 
 class LossStalled:
-    """Trainer hook: stop when the loss has not moved for ``patience`` iterations (LBFGS at rest)."""
+    """Trainer hook: stop when the loss has not moved for ``patience`` iterations (LBFGS at rest).
 
-    def __init__(self, patience=20, rtol=1e-12):
-        self.patience, self.rtol = patience, rtol
+    A move counts when it exceeds ``rtol * |loss| + atol``; ``atol`` is for losses computed as
+    the difference of two large terms, whose rounding does not shrink with the loss.
+    """
+
+    def __init__(self, patience=20, rtol=1e-12, atol=0.0):
+        self.patience, self.rtol, self.atol = patience, rtol, atol
         self.prev, self.still = math.inf, 0
 
     def __call__(self, trainer, loss):
         # relative to the loss itself: the wide-Gaussian limits have losses of 1e-10 that still move
-        self.still = self.still + 1 if abs(self.prev - loss) <= self.rtol * abs(loss) else 0
+        self.still = self.still + 1 if abs(self.prev - loss) <= self.rtol * abs(loss) + self.atol else 0
         self.prev = loss
         return self.still >= self.patience
 

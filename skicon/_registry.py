@@ -302,8 +302,13 @@ METHODS = {
              "forward", "ICONClustering", "Theorem 10",
              "uniform over k nearest neighbours", "shared cluster likelihood (by cluster)",
              {"n_neighbors": 10, "learning_rate": 2e-2},
-             note="ICONClustering's q excludes the self pair (q(j|i) renormalised over j != i); pass "
-                  "q=ClusterKernel() for the row's q with the self pair."),
+             note="ICONClustering trains this row as TEMI (the row's reference) does: minus the beta-weighted "
+                  "pointwise mutual information log sum_c (phi_ic psi_jc)^beta / pi_c of each kNN pair, both "
+                  "ways, with beta = 0.6, psi the teacher's assignments (ema=...; the head's own otherwise) "
+                  "and pi their moving mean over batches (momentum 0.9). At beta = 1 with pi the batch mean "
+                  "this is the row's I-Con loss up to constants; loss_ reports the row's I-Con loss, with "
+                  "the self pair excluded from q (q(j|i) renormalised over j != i; pass q=ClusterKernel() "
+                  "for the row's q with the self pair)."),
         _row("infonce_clustering", "InfoNCE clustering (new)",
              lambda: Debiased(Propagated(UniformKNN(n_neighbors=5), walk_length=2), alpha=0.6),
              lambda: Debiased(ClusterKernel(), alpha=0.6), "forward", "ICONClustering", "Section 3.3",

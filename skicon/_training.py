@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from ._threads import torch_threads
 from ._utils import torch_generator
 
 __all__ = ["Trainer", "GainsSGD", "RowSampler", "check_callbacks", "ConvergenceStop", "batched_forward", "LOG_EVERY",
@@ -347,6 +348,11 @@ class Trainer:
         Show a progress bar with the loss, and a one-line summary at the end.
     estimator : object, default=None
         Passed to callbacks.
+    distributed : bool, default=False
+        The objective calls the module row-wise on a minibatch, so that under an initialised
+        :mod:`torch.distributed` process group (more than one rank) the module's forward can be
+        split by rank (:class:`skicon._distributed.ShardedModule`: DDP and an all-gather with
+        gradients; every rank draws the same global batch). Ignored in a single process.
     desc : str, default="skicon"
         Progress-bar label.
 
@@ -385,6 +391,7 @@ class Trainer:
         verbose=False,
         estimator=None,
         desc="skicon",
+        distributed=False,
     ):
         self.module = module
         self.objective = objective
@@ -406,6 +413,8 @@ class Trainer:
         self.verbose = verbose
         self.estimator = estimator
         self.desc = desc
+        self.distributed = distributed
+        self._sharded = None
         self.history = []
         self.history_iterations = []
         self.n_iter = 0
@@ -450,17 +459,41 @@ class Trainer:
 
     def compute_loss(self, batch):
         """Loss of one batch."""
-        return self.objective(self.module, batch, self.teacher)
+        try:
+            if self._sharded is not None:  # torch.distributed: the forward split by rank
+                teacher = self._sharded if self.teacher is self.module else self.teacher
+                return self.objective(self._sharded, batch, teacher)
+            return self.objective(self.module, batch, self.teacher)
+        except (ValueError, RuntimeError, FloatingPointError) as exc:
+            # an objective that validates its input (e.g. "log_q contains NaN") met diverged weights
+            if not all(bool(torch.isfinite(p).all()) for p in self.module.parameters()):
+                raise self.divergence_error("the parameters became non-finite") from exc
+            raise
+
+    def divergence_error(self, what):
+        """The one divergence error of every estimator: what happened, and the parameter to lower.
+
+        Parameters
+        ----------
+        what : str
+            What became non-finite.
+
+        Returns
+        -------
+        FloatingPointError
+        """
+        lr = self.opt.param_groups[0]["lr"] if getattr(self, "opt", None) is not None else self.learning_rate
+        return FloatingPointError(
+            f"{self.desc} diverged: {what} at iteration {self.n_iter + 1}. Lower learning_rate (the step in "
+            f"use was {lr:.3g}; try {lr / 10:.3g} or less), standardise the input, or add debiasing (alpha > 0)."
+        )
 
     def _check_finite(self, loss):
         if loss is None:
             return
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
-            raise FloatingPointError(
-                f"{self.desc} diverged: the I-Con loss became {value} at iteration {self.n_iter + 1}. "
-                "Lower learning_rate, standardise the input, or add debiasing (alpha > 0)."
-            )
+            raise self.divergence_error(f"the I-Con loss became {value}")
 
     def step(self, batch):
         """One optimisation step (the closure may run several times, e.g. in LBFGS); returns the loss.
@@ -513,6 +546,32 @@ class Trainer:
             p.requires_grad_(False)
         return teacher
 
+    def _start_distributed(self):
+        """Under torch.distributed (more than one rank): split the module's forward by rank."""
+        if not self.distributed:
+            return
+        from . import _distributed
+
+        if not _distributed.is_active():
+            return
+        _distributed.check_same_seed(self.generator, device=self.device)
+        self._sharded = _distributed.ShardedModule(self.module, self.device)  # DDP: rank 0's weights
+
+    def _stop_distributed(self):
+        if self._sharded is not None:
+            self._sharded.close()
+            self._sharded = None
+
+    def step_work(self):
+        """Multiply-adds of the largest product of one iteration, as the thread rule sees it.
+
+        Rows of a batch (1 for full-batch training, whose heavy work is the objective's own:
+        the compiled loops or an exact dense block) times the largest parameter. Under
+        ``n_jobs=None`` torch gets one thread per :data:`skicon._threads.TORCH_GRAIN` of it.
+        """
+        largest = max([p.numel() for p in self.module.parameters()], default=0)
+        return (self.batch_size or 1) * largest
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self):
         """Train through the phases, or until a callback asks to stop.
@@ -525,12 +584,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.module.train()
+        self._start_distributed()
         self.opt, self.sched = self.make_optimizer()
         self.teacher = self._make_teacher()
         total = sum(int(phase["n_steps"]) for phase in self.phases)
         bar = tqdm(total=total, desc=self.desc, disable=not self.verbose, leave=False)
         start = time.perf_counter()
         window = []
+        threads = torch_threads(self.step_work())  # n_jobs=None: small iterations run on fewer threads
+        threads.__enter__()
         try:
             for phase in self.phases:
                 self._enter_phase(phase)
@@ -542,6 +604,8 @@ class Trainer:
                     bar.update(1)
                     if loss is not None:
                         window.append(loss)
+                        if self.verbose:  # the running loss of the window until the next log
+                            bar.set_postfix(loss=f"{np.mean(window):.4g}", refresh=False)
                     done = any([bool(hook(self, loss)) for hook in self.hooks])
                     if (self.wants_loss or done) and window:
                         stop = self._log(float(np.mean(window)), bar)
@@ -552,9 +616,12 @@ class Trainer:
                 if stop:
                     break
         finally:
+            threads.__exit__(None, None, None)
             bar.close()
-        if self.verbose and self.history:
-            tqdm.write(f"{self.desc}: {self.n_iter} iterations in {time.perf_counter() - start:.1f} s, "
+            self._stop_distributed()
+        if self.verbose and self.history:  # the bar goes; one summary line stays
+            early = " (stopped early)" if self.n_iter < total else ""
+            tqdm.write(f"{self.desc}: {self.n_iter} iterations in {time.perf_counter() - start:.1f} s{early}, "
                        f"final loss {self.history[-1]:.6g}")
         self.module.eval()
         return self.history
@@ -563,8 +630,8 @@ class Trainer:
         """Record a logged loss, show it and call the callbacks; True when one asks to stop."""
         self.history.append(loss)
         self.history_iterations.append(self.n_iter)
-        if self.verbose:
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if self.verbose:  # drawn now: a short fit may end before the bar's next refresh
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=True)
         return any([bool(cb(self.n_iter, loss, self.estimator)) for cb in self.callbacks])
 
 

@@ -6,7 +6,47 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-__all__ = ["resolve_device", "seed_from_random_state", "torch_generator", "as_tensor"]
+__all__ = ["resolve_device", "seed_from_random_state", "torch_generator", "as_tensor", "state_on_cpu"]
+
+
+def state_on_cpu(state):
+    """An estimator's pickled state with its fitted torch modules and tensors moved to the CPU.
+
+    What every estimator's ``__getstate__`` returns, so that a model fitted on CUDA unpickles on
+    a machine without a GPU (``torch`` refuses to load CUDA storages there). When anything moved,
+    the private resolved ``_device`` becomes the CPU, where the moved module now lives.
+
+    Parameters
+    ----------
+    state : dict
+        ``estimator.__dict__``.
+
+    Returns
+    -------
+    dict
+        A shallow copy, with copies of the moved modules (the estimator itself is untouched).
+
+    Examples
+    --------
+    >>> import torch
+    >>> state_on_cpu({"module_": torch.nn.Linear(2, 1), "alpha": 1.0})["alpha"]
+    1.0
+    """
+    import copy
+
+    state = dict(state)
+    moved = False
+    for key, value in state.items():
+        if isinstance(value, torch.nn.Module):
+            if any(t.device.type != "cpu" for t in (*value.parameters(), *value.buffers())):
+                state[key] = copy.deepcopy(value).to("cpu")
+                moved = True
+        elif isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            state[key] = value.detach().cpu()
+            moved = True
+    if moved and "_device" in state:
+        state["_device"] = torch.device("cpu")
+    return state
 
 
 def resolve_device(device):

@@ -4,6 +4,8 @@ Exact search (brute force, chunked by scikit-learn) for small problems, approxim
 pynndescent above a cost threshold. Everything here is O(n k) in memory.
 """
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +13,8 @@ import scipy.sparse as sp
 
 from ._utils import seed_from_random_state
 
-__all__ = ["KNNGraph", "knn_graph", "query_neighbors", "perplexity_betas", "EXACT_COST_LIMIT"]
+__all__ = ["KNNGraph", "knn_graph", "query_neighbors", "perplexity_betas", "EXACT_COST_LIMIT", "torch_knn",
+           "search_device", "TORCH_CUDA_COST_LIMIT"]
 
 #: Brute-force search is used while ``n_samples**2 * n_features`` stays below this number of
 #: multiply-adds (about a second or two of BLAS on two cores); pynndescent above it.
@@ -89,6 +92,8 @@ def _drop_self(indices, distances, k):
 
 
 def _exact(X, k, metric, n_jobs):
+    if metric == "euclidean" and not sp.issparse(X):
+        return _euclidean_search(np.asarray(X, dtype=np.float64), np.asarray(X, dtype=np.float64), k + 1)
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric=metric, n_jobs=n_jobs).fit(X)
@@ -96,22 +101,197 @@ def _exact(X, k, metric, n_jobs):
     return indices, distances
 
 
+def _euclidean_search(A, B, k):
+    """The ``k`` nearest rows of ``B`` for each row of ``A``, independent of the thread count.
+
+    BLAS distances (``|a|^2 + |b|^2 - 2 a.b``) only shortlist the candidates: every row of ``B``
+    within a margin of the k-th BLAS distance (above the expansion's rounding error). The
+    shortlist's distances are then recomputed elementwise and sorted by (distance, index), so
+    that neither the BLAS threads nor the order in which a parallel search meets equidistant
+    points (ties are common in integer data) can change the result.
+    """
+    n, m = A.shape[0], B.shape[0]
+    k = min(k, m)
+    sqA, sqB = (A * A).sum(axis=1), (B * B).sum(axis=1)
+    indices, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k))
+    step = max(1, 1_048_576 // max(1, m))
+    for s in range(0, n, step):
+        d2 = A[s : s + step] @ B.T
+        d2 *= -2.0
+        d2 += sqA[s : s + step, None]
+        d2 += sqB[None, :]
+        kth = np.partition(d2, k - 1, axis=1)[:, k - 1 : k]
+        inside = d2 <= kth + 1e-9 * (sqA[s : s + step, None] + sqB.max()) + 1e-300
+        width = int(inside.sum(axis=1).max())
+        if width < m:
+            cand = np.argpartition(d2, width - 1, axis=1)[:, :width]
+        else:
+            cand = np.broadcast_to(np.arange(m), d2.shape)
+        # candidates in index order, those outside the margin last: (index, inside) keys are exact
+        out = ~np.take_along_axis(inside, cand, axis=1)
+        cand = np.take_along_axis(cand, np.lexsort((cand, out), axis=1), axis=1)
+        out = np.sort(out, axis=1)
+        exact = np.empty(cand.shape)
+        rows = max(1, 262_144 // max(1, width * A.shape[1]))  # 2 MiB of differences at a time
+        Ab = A[s : s + step]
+        for r in range(0, cand.shape[0], rows):
+            diff = B[cand[r : r + rows]] - Ab[r : r + rows, None, :]
+            exact[r : r + rows] = np.sqrt((diff * diff).sum(axis=2))
+        exact[out] = np.inf
+        order = np.lexsort((cand, exact), axis=1)[:, :k]
+        indices[s : s + step] = np.take_along_axis(cand, order, axis=1)
+        distances[s : s + step] = np.take_along_axis(exact, order, axis=1)
+    return indices, distances
+
+
 def _approximate(X, k, metric, random_state, n_jobs):
     from pynndescent import NNDescent
+
+    from ._threads import numba_threads
 
     index = NNDescent(
         X,
         n_neighbors=k + 1,
         metric=metric,
         random_state=seed_from_random_state(random_state),
-        n_jobs=n_jobs if n_jobs is not None else 1,
+        n_jobs=numba_threads(n_jobs),  # None: 1, as the graph depends on the thread count
         verbose=False,
     )
     indices, distances = index.neighbor_graph
     return indices.astype(np.int64), distances.astype(np.float64)
 
 
-def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state=None, n_jobs=None):
+#: On CUDA, ``method="auto"`` searches exactly with :func:`torch_knn` while ``n_samples**2 *
+#: n_features`` stays below this (1,000,000 points of 200 features: 2e14 multiply-adds, tens of
+#: seconds of float32 matrix products on a data-centre GPU); pynndescent on the CPU above it.
+TORCH_CUDA_COST_LIMIT = 2e14
+
+_SEARCH_DEVICE = contextvars.ContextVar("skicon_search_device", default=None)
+
+
+@contextlib.contextmanager
+def search_device(device):
+    """Run the neighbour searches of the block on ``device`` (what an estimator fitted on CUDA sets).
+
+    Inside the block, :func:`knn_graph` with ``method="auto"`` and :func:`query_neighbors` use
+    the exact :func:`torch_knn` on a CUDA ``device``; a CPU device changes nothing (pynndescent
+    and scikit-learn stay the CPU defaults).
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        Device of the estimator.
+
+    Examples
+    --------
+    >>> with search_device("cpu"):
+    ...     pass
+    """
+    token = _SEARCH_DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _SEARCH_DEVICE.reset(token)
+
+
+def _cuda_search(device):
+    """The CUDA device the searches should run on, or None."""
+    import torch
+
+    device = _SEARCH_DEVICE.get() if device is None else device
+    if device is None:
+        return None
+    device = torch.device(device)
+    return device if device.type == "cuda" else None
+
+
+def torch_knn(X_ref, X_new, n_neighbors, *, metric="euclidean", device="cpu", shortlist=None, chunk_bytes=None):
+    """Exact k nearest reference points of each query point, by chunked matrix products in torch.
+
+    Float32 squared distances ``|a|^2 + |b|^2 - 2 a.b`` (one matrix product per chunk of queries)
+    shortlist ``shortlist`` candidates per query with :func:`torch.topk`; the shortlist's
+    distances are recomputed elementwise in float64 and sorted by (distance, index), so the
+    result is the exact search unless float32 rounding pushes a true neighbour below
+    ``shortlist - n_neighbors`` other points. Memory: one ``(chunk, n_ref)`` float32 block and
+    one ``(chunk, shortlist, n_features)`` float64 gather, each about ``chunk_bytes``.
+
+    Parameters
+    ----------
+    X_ref : array-like of shape (n_ref, n_features)
+        Reference points (dense).
+    X_new : array-like of shape (n_new, n_features)
+        Query points (dense).
+    n_neighbors : int
+        Neighbours per query; clamped to ``n_ref``.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        Distance (cosine: ``1 - cos``, zero rows at distance 1 from everything).
+    device : str or torch.device, default="cpu"
+        Where the products run.
+    shortlist : int, default=None
+        Candidates kept from the float32 pass; ``n_neighbors + max(8, n_neighbors // 2)`` when None.
+    chunk_bytes : int, default=None
+        Memory of one chunk of queries' blocks (None: 256 MiB on the CPU, 1 GiB on a GPU).
+
+    Returns
+    -------
+    indices : ndarray of shape (n_new, k), int64
+        Nearest first, ties by lower index.
+    distances : ndarray of shape (n_new, k)
+        Float64 distances.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> idx, dist = torch_knn(np.arange(5.0)[:, None], np.array([[1.2]]), 2)
+    >>> idx.tolist(), dist.round(2).tolist()
+    ([[1, 2]], [[0.2, 0.8]])
+    """
+    import torch
+
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"torch_knn supports metric='euclidean' or 'cosine', got {metric!r}; use "
+                         "method='exact' (scikit-learn) for other metrics.")
+    A = X_new.toarray() if sp.issparse(X_new) else np.asarray(X_new, dtype=np.float64)
+    B = X_ref.toarray() if sp.issparse(X_ref) else np.asarray(X_ref, dtype=np.float64)
+    if metric == "cosine":
+        A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        B = B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    m = B.shape[0]
+    k = int(min(int(n_neighbors), m))
+    if k < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}.")
+    width = int(min(m, shortlist if shortlist is not None else k + max(8, k // 2)))
+    device = torch.device(device)
+    if chunk_bytes is None:
+        chunk_bytes = 2**30 if device.type == "cuda" else 2**28
+    B32 = torch.as_tensor(B, dtype=torch.float32, device=device)
+    B64 = torch.as_tensor(B, dtype=torch.float64, device=device)
+    sqB = (B32 * B32).sum(dim=1)
+    # one chunk: its (chunk, n_ref) float32 distances, then its (chunk, shortlist, d) float64 gather
+    step = max(1, int(chunk_bytes) // max(4 * m, 8 * width * B.shape[1], 1))
+    indices = np.empty((A.shape[0], k), dtype=np.int64)
+    distances = np.empty((A.shape[0], k))
+    for s in range(0, A.shape[0], step):
+        a64 = torch.as_tensor(A[s : s + step], dtype=torch.float64, device=device)
+        a32 = a64.float()
+        d2 = torch.addmm(sqB[None, :], a32, B32.T, alpha=-2.0).add_((a32 * a32).sum(dim=1, keepdim=True))
+        cand = torch.topk(d2, width, dim=1, largest=False, sorted=False).indices
+        del d2
+        if metric == "cosine":  # 1 - cos of the normalised rows (zero rows: 1 from everything)
+            exact = 1.0 - (B64[cand] * a64[:, None, :]).sum(dim=2)
+        else:
+            exact = ((B64[cand] - a64[:, None, :]) ** 2).sum(dim=2)
+        cand, order = cand.sort(dim=1)  # ties by index: sort by index, then stably by distance
+        exact = exact.gather(1, order)
+        exact, order = exact.sort(dim=1, stable=True)
+        cand = cand.gather(1, order)
+        indices[s : s + step] = cand[:, :k].cpu().numpy()
+        d = exact[:, :k].clamp_min(0)
+        distances[s : s + step] = (d if metric == "cosine" else d.sqrt()).cpu().numpy()
+    return indices, distances
+
+
+def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state=None, n_jobs=None, device=None):
     """Compute the k-nearest-neighbour graph of ``X`` (self excluded).
 
     Parameters
@@ -124,13 +304,18 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
     metric : str, default="euclidean"
         Any metric understood by scikit-learn (exact) and pynndescent (approximate), e.g.
         ``"euclidean"``, ``"cosine"``, ``"manhattan"``.
-    method : {"auto", "exact", "pynndescent"}, default="auto"
+    method : {"auto", "exact", "pynndescent", "torch"}, default="auto"
         ``"auto"`` uses exact brute force while ``n_samples**2 * n_features`` is below
-        :data:`EXACT_COST_LIMIT`, pynndescent above it.
+        :data:`EXACT_COST_LIMIT`, pynndescent above it; on a CUDA ``device`` (or inside
+        :func:`search_device` of one) it uses :func:`torch_knn` there while the cost is below
+        :data:`TORCH_CUDA_COST_LIMIT`. ``"torch"``: :func:`torch_knn` on ``device`` (CPU when None).
     random_state : int, RandomState instance or None, default=None
         Seed of the approximate search.
     n_jobs : int, default=None
-        Parallel jobs for the search.
+        Parallel jobs for the search (see :ref:`threads`). None: pynndescent on one thread (its
+        graph for a seed depends on its thread count), BLAS within the active thread limit.
+    device : str, torch.device or None, default=None
+        Device of the torch search (None: the :func:`search_device` in effect, else the CPU).
 
     Returns
     -------
@@ -150,12 +335,18 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
         raise ValueError(f"A neighbour graph needs at least 2 samples, got n_samples={n}.")
     if int(n_neighbors) < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}.")
-    if method not in ("auto", "exact", "pynndescent"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'pynndescent', got {method!r}.")
+    if method not in ("auto", "exact", "pynndescent", "torch"):
+        raise ValueError(f"method must be 'auto', 'exact', 'pynndescent' or 'torch', got {method!r}.")
     k = min(int(n_neighbors), n - 1)
+    cuda = _cuda_search(device)
+    if (method == "auto" and cuda is not None and metric in ("euclidean", "cosine")
+            and float(n) * n * X.shape[1] <= TORCH_CUDA_COST_LIMIT):
+        method = "torch"
     if method == "auto":
         method = "exact" if float(n) * n * X.shape[1] <= EXACT_COST_LIMIT or n <= 4 * (k + 1) else "pynndescent"
-    if method == "exact":
+    if method == "torch":
+        indices, distances = torch_knn(X, X, min(k + 1, n), metric=metric, device=cuda or device or "cpu")
+    elif method == "exact":
         indices, distances = _exact(X, min(k + 1, n - 1), metric, n_jobs)
     else:
         indices, distances = _approximate(X, k + 1 if k + 1 < n else k, metric, random_state, n_jobs)
@@ -165,7 +356,7 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
     return KNNGraph(indices.astype(np.int64), distances, metric)
 
 
-def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=None):
+def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=None, device=None):
     """The ``n_neighbors`` nearest reference points of each new point, and their distances.
 
     The one neighbour query for new points (``transform`` and ``predict`` of every estimator).
@@ -186,6 +377,9 @@ def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=Non
         Search metric (scikit-learn's names).
     n_jobs : int, default=None
         Parallel jobs of the search.
+    device : str, torch.device or None, default=None
+        On a CUDA device (or inside :func:`search_device` of one), Euclidean and cosine queries
+        run :func:`torch_knn` there (the same float64 distances and tie order).
 
     Returns
     -------
@@ -207,11 +401,16 @@ def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=Non
     k = int(min(int(n_neighbors), X_ref.shape[0]))
     if k < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}.")
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, n_jobs=n_jobs).fit(X_ref)
-    _, indices = nn.kneighbors(X_new)
-    indices = np.asarray(indices, dtype=np.int64)
+    cuda = _cuda_search(device)
+    if cuda is not None and metric in ("euclidean", "cosine"):
+        return torch_knn(X_ref, X_new, k, metric=metric, device=cuda)
     A = X_new.toarray() if sp.issparse(X_new) else np.asarray(X_new, dtype=np.float64)
     B = X_ref.toarray() if sp.issparse(X_ref) else np.asarray(X_ref, dtype=np.float64)
+    if metric == "euclidean":  # ties broken by index, whatever the threads
+        indices = _euclidean_search(A, B, k)[0]
+    else:
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, n_jobs=n_jobs).fit(X_ref)
+        indices = np.asarray(nn.kneighbors(X_new)[1], dtype=np.int64)
     distances = np.empty(indices.shape)
     step = max(1, 4_000_000 // max(1, k * A.shape[1]))
     for s in range(0, A.shape[0], step):

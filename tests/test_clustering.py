@@ -13,7 +13,7 @@ from skicon._training import RowSampler
 from skicon.kernels import ClusterKernel, Debiased, Graph
 from skicon.objectives import icon_loss
 from skicon.objectives._cluster import (
-    cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss,
+    cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss, temi_loss,
 )
 from skicon.mappers import make_mapper
 from skicon.metrics import adjusted_rand_score, hungarian_accuracy
@@ -101,6 +101,61 @@ def test_probabilistic_kmeans_is_theorem_8():
     assert float(probabilistic_kmeans_loss(X, phi)) == pytest.approx(float(theorem8), rel=1e-10)
 
 
+def _temi_by_loops(phi, psi, pairs, prior, beta):
+    # TEMI's definition written out pair by pair: -mean over anchors of sum_j p(j|i) pmi_beta(i, j)
+    per_anchor = {}
+    for i, j, v in pairs:
+        pmi = np.log(sum((phi[i, c] * psi[j, c]) ** beta / prior[c] for c in range(phi.shape[1])))
+        per_anchor[i] = per_anchor.get(i, 0.0) + v * pmi
+    return -sum(per_anchor.values()) / len(per_anchor)
+
+
+@pytest.mark.parametrize("beta", [0.6, 1.0])
+@pytest.mark.parametrize("teacher", [False, True])
+def test_temi_loss_is_the_beta_weighted_pmi(beta, teacher):
+    rng = np.random.RandomState(0)
+    m, C = 7, 3
+    logits = torch.as_tensor(rng.randn(2, m, C))
+    t_logits = torch.as_tensor(rng.randn(2, m, C)) if teacher else None
+    pairs = [(0, 1, 0.5), (0, 2, 0.5), (1, 0, 1.0), (2, 5, 1.0), (5, 2, 0.25), (5, 6, 0.75), (6, 5, 1.0)]
+    rows, cols, vals = (torch.as_tensor([p[k] for p in pairs]) for k in range(3))
+    prior = torch.as_tensor(rng.dirichlet(np.ones(C), size=2))
+    got = temi_loss(logits, t_logits, rows, cols, vals.double(), beta=beta, prior=prior)
+    got_batch_prior = temi_loss(logits, t_logits, rows, cols, vals.double(), beta=beta)
+    for r in range(2):
+        phi = torch.softmax(logits[r], -1).numpy()
+        psi = torch.softmax((t_logits if teacher else logits)[r], -1).numpy()
+        assert float(got[r]) == pytest.approx(_temi_by_loops(phi, psi, pairs, prior[r].numpy(), beta), rel=1e-10)
+        assert float(got_batch_prior[r]) == pytest.approx(_temi_by_loops(phi, psi, pairs, psi.mean(0), beta),
+                                                          rel=1e-10)
+    if beta == 1.0:
+        # the I-Con KL of the cluster kernel (self pair a candidate, teacher on the candidate
+        # side) plus H(p) minus log m: KL - sum p log p - log m, averaged over anchors
+        kl = cluster_kernel_loss(logits, rows, cols, vals.double(), cand_logits=t_logits, include_self=True)
+        anchors = sorted({p[0] for p in pairs})
+        plogp = np.mean([sum(v * np.log(v) for i, _, v in pairs if i == a) for a in anchors])
+        assert np.allclose(got_batch_prior.numpy(), kl.numpy() - plogp - np.log(m), rtol=1e-10)
+
+
+def test_mi_row_trains_temi(blobs, monkeypatch):
+    import skicon._cluster_train as training
+
+    calls = []
+    original = training.temi_loss
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "temi_loss", recording)
+    X, y = blobs
+    est = ICONClustering(4, method="mi", random_state=0, **FAST).fit(X)
+    assert len(calls) == FAST["max_iter"] and all(c["beta"] == training.TEMI_BETA for c in calls)
+    prior = calls[-1]["prior"]
+    assert prior.shape == (2, 4) and torch.allclose(prior.sum(1), torch.ones(2))
+    assert adjusted_rand_score(y, est.labels_) > 0.9
+
+
 # -- behaviour -------------------------------------------------------------------------------
 def test_infonce_recovers_blobs_and_uses_every_cluster(blobs):
     X, y = blobs
@@ -127,6 +182,37 @@ def test_no_collapse_balanced_many_clusters(seed):
     labels = ICONClustering(6, random_state=seed, **FAST).fit_predict(X)
     assert np.bincount(labels, minlength=6).tolist() == [50] * 6
     assert adjusted_rand_score(y, labels) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_well_separated_blobs_no_merge_no_empty_cluster(seed):
+    # 10 well-separated blobs in 20 dimensions (sklearn's defaults). Randomly initialised heads
+    # started with clusters no sample preferred: they stayed empty while two blobs shared one
+    # cluster (ARI 0.90, 9 clusters for these three seeds before the k-means++ seeding of the
+    # heads; KMeans gets ARI 1.0).
+    X, y = make_blobs(1000, 20, centers=10, random_state=0)
+    est = ICONClustering(10, n_init=2, max_iter=150, random_state=seed).fit(X)
+    assert est.n_clusters_ == 10
+    assert np.bincount(est.labels_, minlength=10).min() > 0
+    assert adjusted_rand_score(y, est.labels_) > 0.99
+
+
+def test_heads_start_at_nearest_centre_assignments():
+    from skicon._cluster_heads import seed_heads
+
+    X, y = make_blobs(400, 6, centers=4, random_state=1)
+    X = (X - X.mean(0)) / X.std()
+    heads = [make_mapper(m, 6, 4, hidden=(32,), random_state=r) for r, m in enumerate(["mlp", "linear"])]
+    assert seed_heads(heads, X.astype(np.float32), 4, np.random.RandomState(0)) == [True, True]
+    for head in heads:
+        with torch.no_grad():
+            labels = head(torch.as_tensor(X, dtype=torch.float32)).argmax(1).numpy()
+        assert adjusted_rand_score(y, labels) > 0.99
+    # a factory whose last layer is not a Linear is left as built
+    odd = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Softplus())
+    before = [p.detach().clone() for p in odd.parameters()]
+    assert seed_heads([odd], X.astype(np.float32), 4, np.random.RandomState(0)) == [False]
+    assert all(torch.equal(a, b) for a, b in zip(before, odd.parameters()))
 
 
 def test_same_seed_same_labels(blobs):
@@ -156,9 +242,9 @@ def test_augment_positives(blobs):
     X, y = blobs
     calls = []
 
-    def jitter(Xb, rs):
+    def jitter(Xb, generator):  # the one augment signature: a torch batch and a torch.Generator
         calls.append(Xb.shape)
-        return Xb + 0.05 * rs.randn(*Xb.shape)
+        return Xb + 0.05 * torch.randn(Xb.shape, generator=generator, dtype=Xb.dtype)
 
     est = ICONClustering(4, augment=jitter, random_state=0, **FAST).fit(X)
     assert len(calls) == FAST["max_iter"]

@@ -566,7 +566,7 @@ def test_mismatched_view_lengths_raise(digits):
 def test_augment_that_changes_shape_raises(digits):
     X, _ = digits
     with pytest.raises(ValueError, match="same shape"):
-        ICONContrastive(augment=lambda xb: xb[:, :10], **SMALL).fit(X)
+        ICONContrastive(augment=lambda xb, g: xb[:, :10], **SMALL).fit(X)
     with pytest.raises(ValueError, match="image_shape"):
         ICONContrastive(augment=RandomTranslation(image_shape=(7, 7)), **SMALL).fit(X)
 

@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from skicon._threads import thread_limits
 from skicon.objectives import _compiled as ck
 from skicon.objectives import _pairwise as _tsne
 from skicon.kernels import Gaussian, StudentT
@@ -35,7 +36,7 @@ def test_repulsion_field_matches_dense_formula(code, dof, inv2s2, dim, n_threads
     d2 = (diff**2).sum(-1)
     w, g = _dense_kernel(d2, code, dof, inv2s2)
     np.fill_diagonal(w, 0.0)
-    with ck.threads(n_threads):
+    with thread_limits(n_threads):
         assert len(ck._blocks(np.arange(n + 1), ck._n_blocks(n * n))) == n_threads
         z, F, S, L = ck.repulsion_field(Y, code, dof, inv2s2, charges=c, want_slope=True, want_logw=True)
     np.testing.assert_allclose(z, w.sum(1), rtol=1e-10)
@@ -55,7 +56,7 @@ def test_attraction_csr_matches_dense_formula(code, dof, inv2s2, n_threads):
     diff = Y[:, None, :] - Y[None, :, :]
     w, g = _dense_kernel((diff**2).sum(-1), code, dof, inv2s2)
     Pd = P.toarray()
-    with ck.threads(n_threads):
+    with thread_limits(n_threads):
         F, plogw = ck.attraction_csr(Y, P.indptr.astype(np.int64), P.indices.astype(np.int32), P.data, code, dof,
                                      inv2s2, scale=1.7, want_loss=True)
         # the loss may weigh the same edges differently (the conditional p inside P + P^T)

@@ -75,3 +75,37 @@ def test_perplexity_calibration_hits_target(perplexity):
 def test_perplexity_out_of_range():
     with pytest.raises(ValueError, match="perplexity"):
         perplexity_betas(np.ones((3, 4)), 10.0)
+
+
+# -- the exact torch search (the CUDA default; tested here on the CPU) ---------------------------
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_torch_knn_is_exact(metric):
+    from sklearn.neighbors import NearestNeighbors
+
+    from skicon.neighbors import torch_knn
+
+    rng = np.random.RandomState(0)
+    X_ref, X_new = rng.randn(700, 24), rng.randn(90, 24)
+    X_ref[5] = 0.0  # a zero row: cosine distance 1 to everything
+    # small chunks: several chunks of queries, and the float32 shortlist at its narrowest
+    idx, dist = torch_knn(X_ref, X_new, 12, metric=metric, chunk_bytes=40_000)
+    ref_dist, ref_idx = NearestNeighbors(n_neighbors=12, metric=metric, algorithm="brute").fit(X_ref).kneighbors(X_new)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-9, atol=1e-9)
+
+
+def test_torch_knn_graph_and_ties():
+    from skicon.neighbors import search_device, torch_knn
+
+    X = np.random.RandomState(1).randn(300, 8)
+    g_torch = knn_graph(X, 10, method="torch")
+    g_exact = knn_graph(X, 10, method="exact")
+    np.testing.assert_array_equal(g_torch.indices, g_exact.indices)
+    np.testing.assert_allclose(g_torch.distances, g_exact.distances, rtol=1e-9)
+    with search_device("cpu"):  # the CPU keeps scikit-learn / pynndescent
+        assert knn_graph(X, 10).indices.shape == (300, 10)
+    # equidistant reference points come in index order, as in query_neighbors
+    idx, _ = torch_knn(np.array([[0.0], [2.0], [-1.0], [1.0], [1.0]]), np.array([[0.0]]), 4)
+    assert idx.tolist() == [[0, 2, 3, 4]]
+    with pytest.raises(ValueError, match="metric"):
+        torch_knn(X, X, 2, metric="manhattan")

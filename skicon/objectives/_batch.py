@@ -204,8 +204,8 @@ def contrastive_loss(Z, p, non_candidates, q, *, alpha=0.0, log_scale=None, redu
         p = torch.sparse_coo_tensor(
             idx, p[idx[0], idx[1]], p.shape, is_coalesced=True, check_invariants=False
         )
-        return icon_loss(p, log_q, reduction=reduction)
-    return icon_loss(debias_block(p, non_candidates, alpha), log_q, reduction=reduction)
+        return icon_loss(p, log_q, reduction=reduction, validate=False)
+    return icon_loss(debias_block(p, non_candidates, alpha), log_q, reduction=reduction, validate=False)
 
 
 def cross_entropy_block(codes, n_classes, alpha=0.0, dtype=torch.float32, device="cpu"):

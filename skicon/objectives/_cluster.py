@@ -7,6 +7,8 @@
   included, against a dense block of log p (the "ncut", "kmeans" and "spectral" rows).
 * :func:`exp_graph_log_p`: the "ncut" row's p(j|i) ∝ exp(A_ij / d_j) on a block of the graph.
 * :func:`probabilistic_kmeans_loss`: the sigma -> 0 limit of the "kmeans" row (Theorem 9).
+* :func:`temi_loss`: TEMI's beta-weighted pointwise mutual information of a student and a
+  teacher head over sparse positives (the "mi" row's reference method, Theorem 10).
 
 Pure functions of tensors; every debiasing goes through :mod:`skicon.kernels._transforms`.
 """
@@ -15,7 +17,8 @@ import torch
 
 from ..kernels._transforms import debias, debias_coefficients, debiased_plogp
 
-__all__ = ["cluster_kernel_loss", "reverse_cluster_loss", "exp_graph_log_p", "probabilistic_kmeans_loss"]
+__all__ = ["cluster_kernel_loss", "reverse_cluster_loss", "exp_graph_log_p", "probabilistic_kmeans_loss",
+           "temi_loss"]
 
 
 def _softmax_last(z):
@@ -232,3 +235,65 @@ def probabilistic_kmeans_loss(X, phi):
     sq = ((X * X).sum(dim=1, keepdim=True) - 2 * X @ centers.transpose(-1, -2)
           + (centers * centers).sum(dim=-1)[..., None, :])
     return (phi * sq.clamp_min(0)).sum(dim=(-2, -1))
+
+
+def temi_loss(logits, teacher_logits, rows, cols, vals, *, beta=0.6, prior=None):
+    """TEMI's loss: minus the beta-weighted pointwise mutual information over positive pairs.
+
+    TEMI (Adaloglou et al., 2023; the mutual-information clustering row of the paper, Theorem
+    10) scores a positive pair (i, j), e.g. j among the k nearest neighbours of i, by
+
+    ``pmi_beta(i, j) = log sum_c (phi_ic psi_jc)^beta / pi_c``
+
+    with the student's assignments ``phi = softmax(logits)``, the teacher's
+    ``psi = softmax(teacher_logits)`` and the teacher's cluster marginal ``pi_c`` (TEMI keeps a
+    moving average of it over batches). The loss is ``-1/m' sum_i sum_j p(j|i) pmi_beta(i, j)``
+    over the m' anchors with positives; listing each pair in both directions gives TEMI's
+    symmetrised loss. ``beta < 1`` flattens the product of assignments, which TEMI uses against
+    collapse onto one cluster. With ``beta = 1`` and ``pi`` the batch mean of ``psi`` it is the
+    I-Con loss of the cluster kernel (:func:`cluster_kernel_loss` with ``include_self=True`` and
+    the teacher on the candidate side) plus the entropy of p minus ``log m``: the row's KL up to
+    constants.
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (R, m, n_clusters)
+        Student logits of the batch for R heads.
+    teacher_logits : torch.Tensor of shape (R, m, n_clusters) or None
+        Teacher logits; the student's own (with their gradient) when None.
+    rows, cols : torch.Tensor of int64, shape (nnz,)
+        Positive pairs (anchor, candidate).
+    vals : torch.Tensor of shape (nnz,)
+        p(j|i) of each pair; each anchor's row sums to one.
+    beta : float, default=0.6
+        Exponent of the pointwise mutual information (TEMI's default 0.6).
+    prior : torch.Tensor of shape (R, n_clusters), default=None
+        Cluster marginal ``pi``; the batch mean of ``psi`` when None.
+
+    Returns
+    -------
+    torch.Tensor of shape (R,)
+        The loss of each head.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[[9.0, -9.0], [9.0, -9.0], [-9.0, 9.0], [-9.0, 9.0]]])
+    >>> rows, cols = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 3, 2])
+    >>> loss = temi_loss(logits, None, rows, cols, torch.ones(4), beta=1.0)
+    >>> round(float(loss), 3)  # log 2 at best: two equal clusters, pairs inside them
+    -0.693
+    """
+    log_phi = torch.log_softmax(logits, dim=-1)
+    log_psi = log_phi if teacher_logits is None else torch.log_softmax(teacher_logits, dim=-1)
+    if prior is None:
+        log_prior = torch.log(log_psi.exp().mean(dim=1).clamp_min(torch.finfo(log_phi.dtype).tiny))
+    else:
+        log_prior = torch.log(prior.to(log_phi).clamp_min(torch.finfo(log_phi.dtype).tiny))
+    terms = beta * (log_phi[:, rows] + log_psi[:, cols]) - log_prior[:, None, :]
+    pmi = torch.logsumexp(terms, dim=-1)  # (R, nnz)
+    m = logits.shape[1]
+    per_anchor = torch.zeros(logits.shape[0], m, dtype=log_phi.dtype, device=logits.device).index_add(
+        1, rows, vals.to(log_phi)[None, :] * pmi)
+    n_anchors = torch.unique(rows).numel()
+    return -per_anchor.sum(dim=1) / max(n_anchors, 1)

@@ -24,13 +24,15 @@ import math
 
 import numpy as np
 
+from .._threads import current_threads
+
 try:
     import numba
     from numba import njit
 except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
     numba = None
 
-__all__ = ["available", "repulsion_field", "attraction_csr", "threads", "CAUCHY", "STUDENT", "GAUSSIAN"]
+__all__ = ["available", "repulsion_field", "attraction_csr", "CAUCHY", "STUDENT", "GAUSSIAN"]
 
 CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
 
@@ -48,40 +50,6 @@ def available():
     True
     """
     return numba is not None
-
-
-class threads:
-    """Context manager that runs the compiled kernels on ``n`` threads (restored on exit).
-
-    The kernels release the GIL and are split into row blocks over a small thread pool of our
-    own, rather than numba's parallel layer: its OpenMP workers busy-wait after each loop and
-    fight torch's OpenMP workers for the cores (measured 4x slower on 2 cores).
-
-    Parameters
-    ----------
-    n : int or None
-        Threads to use; ``None`` leaves the setting alone.
-
-    Examples
-    --------
-    >>> with threads(2):
-    ...     threads._n
-    2
-    """
-
-    _n = 1
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = threads._n
-        if self.n is not None:
-            threads._n = max(1, int(self.n))
-        return self
-
-    def __exit__(self, *exc):
-        threads._n = self.old
 
 
 _POOL = None
@@ -112,8 +80,14 @@ def _run(kernel, args, ranges):
 
 
 def _n_blocks(work):
-    """Threads worth using for ``work`` pair evaluations (tiny problems stay serial)."""
-    return max(1, min(threads._n, int(work // 200_000) or 1))
+    """Threads worth using for ``work`` pair evaluations (tiny problems stay serial).
+
+    At most the threads of the active :class:`skicon._threads.thread_limits` (1 outside any).
+    The loops release the GIL and are split into row blocks over a small thread pool of our own,
+    rather than numba's parallel layer: its OpenMP workers busy-wait after each loop and fight
+    torch's OpenMP workers for the cores (measured 4x slower on 2 cores).
+    """
+    return max(1, min(current_threads(), int(work // 200_000) or 1))
 
 
 if numba is not None:

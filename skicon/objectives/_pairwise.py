@@ -16,8 +16,9 @@ repulsive part that needs kernel sums over all pairs. Those sums are computed
   convolving on the grid with FFTs (the interpolation idea of FIt-SNE), O(n + G log G) per
   iteration, for 1-D and 2-D embeddings;
 * ``"exact"``: over all pairs in row chunks, O(n^2) time but O(n * chunk) memory; on CPU in 1-D
-  and 2-D by the fused compiled loops of :mod:`skicon.objectives._compiled` for kernels that
-  name one (``compiled_profile()``), by torch code for every other kernel;
+  to 3-D by the fused compiled loops of :mod:`skicon.objectives._compiled` (and
+  :mod:`skicon.objectives._compiled3d`: 3-D, and the Gaussian with a vectorised exponential)
+  for kernels that name one (``compiled_profile()``), by torch code for every other kernel;
 * ``"sampled"``: unbiased estimates from random negatives (any dimension, O(n m)).
 
 The loss value needs no extra pass over the edges: ``sum p log w`` is accumulated by the
@@ -41,10 +42,17 @@ import scipy.sparse as sp
 import torch
 
 from ..kernels._transforms import debias, debiased_plogp
-from . import _compiled
+from .._lazy import lazy_module
+
+# numba (0.7 s to import) loads with the compiled loops' first use, not with ``import skicon``.
+_compiled = lazy_module(__package__ + "._compiled")
+_compiled3d = lazy_module(__package__ + "._compiled3d")
+_compiled_cond = lazy_module(__package__ + "._compiled_cond")
 
 __all__ = [
     "joint_from_conditional",
+    "fixed_sum",
+    "fixed_dot",
     "SparseAffinity",
     "grid_plan",
     "fft_kernel_sums",
@@ -201,7 +209,7 @@ class SparseAffinity:
         vals = self.loss_values.double()
         pos = vals > 0
         rows = torch.zeros_like(self.rows[pos]) if n_rows == 1 else self.rows[pos]
-        return float(debiased_plogp(vals[pos], rows, n_rows, float(n_candidates), alpha).sum())
+        return float(fixed_sum(debiased_plogp(vals[pos], rows, n_rows, float(n_candidates), alpha)))
 
 
 def _aligned(loss, keys, n):
@@ -220,6 +228,63 @@ def _aligned(loss, keys, n):
 # ----------------------------------------------------------------------------------------------
 # kernel sums sum_j K(y_i, y_j) c_j  (self pair j == i included; callers remove it)
 # ----------------------------------------------------------------------------------------------
+#: Elements summed by one thread: torch reduces a tensor below its parallel grain (32,768
+#: elements) serially, in an order fixed by the shape alone.
+_SERIAL_CHUNK = 16_384
+
+
+def fixed_sum(x):
+    """Sum of all elements of ``x`` in an order that does not depend on the number of threads.
+
+    ``x.sum()`` over more than torch's parallel grain gives each thread a slice and adds the
+    partials, so the last bits change with ``torch.get_num_threads()``, and t-SNE's iterations
+    amplify them into a different map. Here fixed slices of :data:`_SERIAL_CHUNK` elements are
+    each summed serially and the partials are summed the same way, in order. Row-wise reductions
+    (``sum(dim=1)`` with several outputs) give one output to one thread and need no such care.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Any shape.
+
+    Returns
+    -------
+    torch.Tensor
+        A 0-d tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(fixed_sum(torch.ones(100_000)))
+    100000.0
+    """
+    x = x.reshape(-1)
+    if x.numel() <= _SERIAL_CHUNK:
+        return x.sum()
+    return fixed_sum(torch.stack([part.sum() for part in x.split(_SERIAL_CHUNK)]))
+
+
+def fixed_dot(a, b):
+    """``torch.dot(a, b)`` in an order that does not depend on the number of threads (see :func:`fixed_sum`).
+
+    Parameters
+    ----------
+    a, b : torch.Tensor of shape (n,)
+
+    Returns
+    -------
+    torch.Tensor
+        A 0-d tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(fixed_dot(torch.ones(3), torch.arange(3.0)))
+    3.0
+    """
+    return fixed_sum(a * b)
+
+
 def _lagrange(t, n_nodes):
     """Lagrange basis on the integer nodes 0..n_nodes-1, evaluated at t: (n, n_nodes)."""
     cols = []
@@ -299,8 +364,8 @@ class _GridPlan:
         kf = self.kernel_fft(fn, spectrum.device, spectrum.real.dtype)
         power = (spectrum[0].real ** 2 + spectrum[0].imag ** 2) * kf
         # the half spectrum of the last axis stands for its conjugate twins too (not 0, not G)
-        inner = power[..., 1:G].sum() if self.dim == 1 else power[:, 1:G].sum()
-        edges = power[..., 0].sum() + power[..., G].sum()
+        inner = fixed_sum(power[..., 1:G] if self.dim == 1 else power[:, 1:G])
+        edges = fixed_sum(power[..., 0]) + fixed_sum(power[..., G])
         return (2.0 * inner + edges) / (2 * G) ** self.dim
 
     def potentials(self, fn, charges):
@@ -600,10 +665,19 @@ def compiled_kernels_apply(device, n_components):
 
     Examples
     --------
-    >>> compiled_kernels_apply("cpu", 3)
+    >>> compiled_kernels_apply("cpu", 4)
     False
     """
-    return _COMPILED and _compiled.available() and torch.device(device).type == "cpu" and n_components <= 2
+    return _COMPILED and _compiled.available() and torch.device(device).type == "cpu" and n_components <= 3
+
+
+def _loops(Y, code):
+    """The module whose compiled loops serve ``Y`` with kernel ``code``.
+
+    :mod:`._compiled3d` serves 3-D embeddings, and the Gaussian in every dimension (its
+    exponential vectorises); :mod:`._compiled` the rest.
+    """
+    return _compiled3d if (Y.shape[1] == 3 or code == _compiled.GAUSSIAN) else _compiled
 
 
 def _use_compiled(Y, kernel):
@@ -638,7 +712,8 @@ def _attraction(Y, aff, kernel, scale, want_loss):
     profile = _use_compiled(Y, kernel)
     if profile is not None and aff.csr is not None:
         code, dof, inv2s2 = profile
-        force, plogw = _compiled.attraction_csr(
+        loops = _compiled3d if Y.shape[1] == 3 else _compiled
+        force, plogw = loops.attraction_csr(
             Y.detach().numpy(), *aff.csr, code, dof, inv2s2, scale=scale, want_loss=want_loss,
             loss_values=aff.csr_loss,
         )
@@ -655,11 +730,11 @@ def _attraction(Y, aff, kernel, scale, want_loss):
         u = d2.add_(1.0)  # d2 is not needed any more: 1 + d^2 in place
         coef = aff.values / u
         if want_loss:
-            plogw = -float(torch.dot(aff.loss_values, torch.log(u)))
+            plogw = -float(fixed_dot(aff.loss_values, torch.log(u)))
     else:
         coef = aff.values * kernel.slope(d2)
         if want_loss:
-            plogw = float(torch.dot(aff.loss_values, kernel.log_weight(d2)))
+            plogw = float(fixed_dot(aff.loss_values, kernel.log_weight(d2)))
     if scale != 1.0:
         coef.mul_(scale)
     force = torch.stack([_segment_sum(coef * diff, aff) for diff in diffs], dim=1)
@@ -692,7 +767,7 @@ class _Repulsion:
 
     def compiled(self, charges=None, want_slope=False, want_logw=False):
         code, dof, inv2s2 = self.profile
-        out = _compiled.repulsion_field(self.Y.detach().numpy(), code, dof, inv2s2, charges=charges,
+        out = _loops(self.Y, code).repulsion_field(self.Y.detach().numpy(), code, dof, inv2s2, charges=charges,
                                         want_slope=want_slope, want_logw=want_logw)
         return tuple(None if a is None else torch.from_numpy(a) for a in out)
 
@@ -709,20 +784,20 @@ class _Repulsion:
         """``(sum_{i != j} w_ij, sum_j w_ij g_ij (y_i - y_j), pull or None, row sums of log w or None)``."""
         if self.profile is not None:
             z, rep, pull, lw = self.compiled(want_slope=want_slope, want_logw=want_logw)
-            return z.sum(), rep, pull, lw
+            return fixed_sum(z), rep, pull, lw
         k, Y, n = self.kernel, self.Y, self.Y.shape[0]
         if self.method == "exact" and _is_cauchy(k):
             S_w, S_wg = _exact_cauchy_sums(Y, self.YC)
-            S_w = (S_w - self.w0).sum()
+            S_w = fixed_sum(S_w - self.w0)
         elif self.method == "fft":
             plan = self.plan
             spec = plan.charge_spectrum(self.YC)  # one charge spectrum [1, y] serves both kernels
             # the joint form needs only the total of the row sums of w
-            S_w = plan.total(spec[:1], k.weight) + plan.self_error(k.weight).sum() - n * self.w0
+            S_w = plan.total(spec[:1], k.weight) + fixed_sum(plan.self_error(k.weight)) - n * self.w0
             S_wg = plan.gather(plan.convolve(spec, k.weight_slope), plan.index, plan.weights)
             S_wg = S_wg + plan.self_error(k.weight_slope)[:, None] * self.YC
         else:
-            S_w = (self.sums(k.weight, self.one)[:, 0] - self.w0).sum()
+            S_w = fixed_sum(self.sums(k.weight, self.one)[:, 0] - self.w0)
             S_wg = self.sums(k.weight_slope, self.YC)
         rep = Y * S_wg[:, :1] - S_wg[:, 1:]  # the self pair cancels
         return S_w, rep, self.pull() if want_slope else None, self.logw() if want_logw else None
@@ -730,6 +805,12 @@ class _Repulsion:
     def conditional(self, want_slope, want_logw):
         """``(Z_i, own repulsion / Z_i, the others' repulsion, pull or None, log-w row sums or None)``."""
         tiny = torch.finfo(self.Y.dtype).tiny
+        if self.profile is not None and self.profile[0] != _compiled.CAUCHY and not (want_slope or want_logw):
+            # one pass over the pairs instead of two (the kernel is symmetric): _compiled_cond. Not
+            # for the Cauchy kernel, whose second pass costs less than the one-pass bookkeeping
+            Zi, rep_own, rep_other = _compiled_cond.conditional_field(self.Y.detach().numpy(), *self.profile)
+            return torch.from_numpy(Zi).clamp_min(tiny), torch.from_numpy(rep_own), torch.from_numpy(rep_other), \
+                None, None
         if self.profile is not None:
             Zi, rep_own, _, lw = self.compiled(want_logw=want_logw)
             Zi = Zi.clamp_min(tiny)
@@ -824,7 +905,7 @@ def objective_and_gradient(
         cross = plogw - logZ * aff.loss_mass  # sum p log q over the non-zeros
         if alpha == 0:
             return grad, aff.entropy_term - cross
-        cross_u = float(S_lw.sum()) - N * logZ  # sum over every pair of log q
+        cross_u = float(fixed_sum(S_lw)) - N * logZ  # sum over every pair of log q
         return grad, aff.debiased_plogp(alpha, 1, N) - keep * cross - u * cross_u
     Zi, rep_own, rep_other, pull, S_lw = field.conditional(want_slope, want_logw)
     attr, plogw = _attraction(Y, aff, kernel, keep * exaggeration, want_loss)
@@ -834,10 +915,10 @@ def objective_and_gradient(
     if not want_loss:
         return grad, None
     logZ = torch.log(Zi)
-    cross = plogw - float(torch.dot(aff.loss_row_mass, logZ))
+    cross = plogw - float(fixed_dot(aff.loss_row_mass, logZ))
     if alpha == 0:
         return grad, (aff.entropy_term - cross) / n
-    cross_u = float((S_lw - (n - 1) * logZ).sum())
+    cross_u = float(fixed_sum(S_lw - (n - 1) * logZ))
     return grad, (aff.debiased_plogp(alpha, n, N) - keep * cross - u * cross_u) / n
 
 
@@ -995,7 +1076,7 @@ class PlacementObjective:
         self.Y_ref, self.kernel, self.p = Y_ref, kernel, p_rows
         self.Y_nb = Y_ref[neighbors]  # (m, k, d)
         logp = torch.log(torch.where(p_rows > 0, p_rows, torch.ones_like(p_rows)))
-        self.plogp = float((p_rows * logp).sum())
+        self.plogp = float(fixed_sum(p_rows * logp))
         one = torch.ones(Y_ref.shape[0], 1, device=Y_ref.device, dtype=Y_ref.dtype)
         self.YC = torch.cat([one, Y_ref], dim=1)
         self.plan = None
@@ -1036,5 +1117,5 @@ class PlacementObjective:
         Y.grad = attr - rep
         if self.trainer is not None and not self.trainer.wants_loss:
             return None
-        cross = float((self.p * self.kernel.log_weight(d2)).sum()) - float(torch.log(Z).sum())
+        cross = float(fixed_sum(self.p * self.kernel.log_weight(d2))) - float(fixed_sum(torch.log(Z)))
         return torch.tensor(self.plogp - cross)
