@@ -101,14 +101,16 @@ def _exact(X, k, metric, n_jobs):
     return indices, distances
 
 
-def _euclidean_search(A, B, k):
+def _euclidean_search(A, B, k, slack=16):
     """The ``k`` nearest rows of ``B`` for each row of ``A``, independent of the thread count.
 
-    BLAS distances (``|a|^2 + |b|^2 - 2 a.b``) only shortlist the candidates: every row of ``B``
-    within a margin of the k-th BLAS distance (above the expansion's rounding error). The
-    shortlist's distances are then recomputed elementwise and sorted by (distance, index), so
-    that neither the BLAS threads nor the order in which a parallel search meets equidistant
-    points (ties are common in integer data) can change the result.
+    BLAS distances (``|a|^2 + |b|^2 - 2 a.b``) only shortlist the candidates: the ``k + slack``
+    nearest by BLAS, which must hold every row of ``B`` within a margin (above the expansion's
+    rounding error) of the k-th BLAS distance; the rows where ties make that shortlist too short
+    take every row inside the margin instead. The shortlist's distances are then recomputed
+    elementwise and sorted by (distance, index), so that neither the BLAS threads nor the order
+    in which a parallel search meets equidistant points (ties are common in integer data) can
+    change the result.
     """
     n, m = A.shape[0], B.shape[0]
     k = min(k, m)
@@ -116,32 +118,42 @@ def _euclidean_search(A, B, k):
     indices, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k))
     step = max(1, 1_048_576 // max(1, m))
     for s in range(0, n, step):
-        d2 = A[s : s + step] @ B.T
+        Ab = A[s : s + step]
+        d2 = Ab @ B.T
         d2 *= -2.0
         d2 += sqA[s : s + step, None]
         d2 += sqB[None, :]
-        kth = np.partition(d2, k - 1, axis=1)[:, k - 1 : k]
-        inside = d2 <= kth + 1e-9 * (sqA[s : s + step, None] + sqB.max()) + 1e-300
-        width = int(inside.sum(axis=1).max())
-        if width < m:
-            cand = np.argpartition(d2, width - 1, axis=1)[:, :width]
-        else:
-            cand = np.broadcast_to(np.arange(m), d2.shape)
-        # candidates in index order, those outside the margin last: (index, inside) keys are exact
-        out = ~np.take_along_axis(inside, cand, axis=1)
-        cand = np.take_along_axis(cand, np.lexsort((cand, out), axis=1), axis=1)
-        out = np.sort(out, axis=1)
+        margin = 1e-9 * (sqA[s : s + step, None] + sqB.max()) + 1e-300
+        w = min(m, k + slack)
+        cand = np.argpartition(d2, w - 1, axis=1)[:, :w] if w < m else np.broadcast_to(np.arange(m), d2.shape)
+        near = np.take_along_axis(d2, cand, axis=1)
+        bound = np.partition(near, k - 1, axis=1)[:, k - 1 : k] + margin  # = the k-th of the whole row
+        inside = near <= bound
+        # every row of B left out of a shortlist lies at or beyond its largest BLAS distance
+        short = (near.max(axis=1) <= bound[:, 0]) if w < m else np.zeros(len(near), dtype=bool)
+        idx, dist = _rerank(Ab, B, cand, inside, k)
+        for r in np.flatnonzero(short):  # ties beyond the slack: the whole margin of that row
+            full = np.flatnonzero(d2[r] <= bound[r, 0])[None, :]
+            idx[r], dist[r] = (v[0] for v in _rerank(Ab[r : r + 1], B, full, np.ones(full.shape, bool), k))
+        indices[s : s + step], distances[s : s + step] = idx, dist
+    return indices, distances
+
+
+def _rerank(Ab, B, cand, inside, k):
+    """Exact elementwise distances of the candidates inside the margin, sorted by (distance, index)."""
+    from .objectives import _compiled
+
+    if _compiled.available():
+        exact = np.sqrt(_compiled.pair_distances(Ab, B, cand))
+    else:  # pragma: no cover - numba comes with pynndescent, a hard dependency
         exact = np.empty(cand.shape)
-        rows = max(1, 262_144 // max(1, width * A.shape[1]))  # 2 MiB of differences at a time
-        Ab = A[s : s + step]
+        rows = max(1, 262_144 // max(1, cand.shape[1] * Ab.shape[1]))  # 2 MiB of differences at a time
         for r in range(0, cand.shape[0], rows):
             diff = B[cand[r : r + rows]] - Ab[r : r + rows, None, :]
             exact[r : r + rows] = np.sqrt((diff * diff).sum(axis=2))
-        exact[out] = np.inf
-        order = np.lexsort((cand, exact), axis=1)[:, :k]
-        indices[s : s + step] = np.take_along_axis(cand, order, axis=1)
-        distances[s : s + step] = np.take_along_axis(exact, order, axis=1)
-    return indices, distances
+    exact[~inside] = np.inf
+    order = np.lexsort((cand, exact), axis=1)[:, :k]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
 
 def _approximate(X, k, metric, random_state, n_jobs):
