@@ -42,7 +42,8 @@ from ._validation import to_unit_frame, unit_exponent
 from .kernels import Gaussian, Kernel, StudentT
 from .mappers import Table, make_mapper
 from .neighbors import query_neighbors, search_device
-from .objectives._pairwise import EngineObjective, SparseAffinity, auto_learning_rate, joint_from_conditional
+from .objectives._pairwise import (EngineObjective, SparseAffinity, auto_learning_rate, engine_dtype,
+                                   joint_from_conditional)
 
 __all__ = ["ICONEmbedding", "trustworthiness_scorer", "make_trustworthiness_scorer"]
 
@@ -371,8 +372,8 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         n, d = X.shape[0], self.n_components
         # the row's p is Gaussian(perplexity, n_neighbors=k): its conditional() finds the kNN graph
         P = sp.csr_matrix(plan.p_base.conditional(X, random_state=self.random_state, n_jobs=self.n_jobs))
-        # Gaussian affinities underflow float32 at moderate distances; Student-t ones do not
-        dtype = torch.float32 if plan.q.heavy_tailed() else torch.float64
+        # Gaussian affinities underflow float32 at moderate distances, except in the compiled loops
+        dtype = engine_dtype(plan.q, device, d, plan.mode)
         if plan.normalization == "joint":
             self.affinities_ = joint_from_conditional(P)
             aff = SparseAffinity(self.affinities_, device, dtype)

@@ -159,7 +159,7 @@ def test_fit_and_predict_run_on_n_jobs_threads(name, data):
 
 
 @pytest.mark.slow
-def test_joblib_workers_get_their_share(data):
+def test_joblib_workers_get_their_share(data, monkeypatch):
     """Inside joblib's process pool (GridSearchCV(n_jobs=2)), a default fit uses the worker's share."""
     from joblib import Parallel, cpu_count, delayed
     cloudpickle = pytest.importorskip("cloudpickle")  # what joblib pickles callables with
@@ -175,11 +175,20 @@ def test_joblib_workers_get_their_share(data):
                    callbacks=lambda it, loss, e: seen.append((granted(), torch_.get_num_threads()))).fit(X)
         return seen
 
+    # Workers started without the user's thread variables (CI sets OMP_NUM_THREADS to the
+    # machine's cores, which joblib respects and passes on): joblib then gives each worker
+    # cpu_count() // n_workers threads, and a default fit must use that share.
+    from joblib.externals.loky import get_reusable_executor
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    get_reusable_executor().shutdown(wait=True)  # no worker started under the old variables
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         results = Parallel(n_jobs=2, backend="loky")(delayed(fit_in_worker)(data[0]) for _ in range(2))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        get_reusable_executor().shutdown(wait=True)
     share = max(cpu_count() // 2, 1)
     assert all(seen and all(granted == share and torch_threads <= share for granted, torch_threads in seen)
                for seen in results), results

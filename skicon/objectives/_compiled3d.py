@@ -17,8 +17,14 @@ serve two cases the 2-D loops serve slowly or not at all:
   (:func:`_exp_unit`) gives ``exp`` to rounding instead.
 
 Loops are the same row blocks over the thread pool of :mod:`skicon.objectives._compiled` (its
-``threads`` setting applies). Gaussian sums always run in float64 (float32 underflows at
-moderate distances); the Student-t loops run in the dtype they are given.
+``threads`` setting applies). The Student-t loops run in the dtype they are given. A float32
+embedding runs the Gaussian in float32 too (twice the lanes per vector, and fewer squarings):
+:func:`_exp_neg32`, ``exp(x) = exp(x / 64) ** 64`` with a degree-10 Taylor polynomial on
+``[-87 / 64, 0]`` (relative error below ``1e-5``, tested), exactly 0 below ``-87`` (where ``exp``
+leaves float32's normal range). Weights that small are negligible against a row's sum unless
+every weight of the row is that small (a point farther than about 9 kernel widths from all
+others): then the sums are recomputed in float64 (:func:`gaussian_dtype_ok`). The
+wide-Gaussian regime (``precise``) always runs in float64.
 """
 
 import math
@@ -38,6 +44,16 @@ _C = EXP_FLOOR / 2 ** (_SQUARINGS + 1)  # centre of the reduced interval [-708 /
 _COEF = tuple(math.exp(_C) / math.factorial(k) for k in range(8, -1, -1))
 #: Taylor coefficients of exp(-1/2 + t), |t| <= 1/2, degree 15 (truncation 2e-17 relative)
 _UNIT = tuple(math.exp(-0.5) / math.factorial(k) for k in range(15, -1, -1))
+#: float32: below this argument the exponential is 0 (exp(-87) ~ 1.6e-38, float32's smallest normal is 1.2e-38)
+EXP_FLOOR32 = -87.0
+_SQUARINGS32 = 6
+_C32 = EXP_FLOOR32 / 2 ** (_SQUARINGS32 + 1)  # centre of the reduced interval [-87 / 64, 0]
+_COEF32 = tuple(np.float32(math.exp(_C32) / math.factorial(k)) for k in range(10, -1, -1))
+#: codes of the loops beyond the kernels': the Gaussian to rounding within one width (float64), the
+#: Gaussian with the float32 exponential, the same for 1-D and 2-D embeddings (no z)
+_UNIT_CODE, _F32_CODE, _F32_PLANAR = 3, 4, 5
+#: a float32 row sum of Gaussian weights below this is recomputed in float64 (see the module docstring)
+Z_FLOOR32 = 1e-30
 
 if _compiled.numba is not None:
     from numba import njit
@@ -60,6 +76,36 @@ if _compiled.numba is not None:
         for _ in range(_SQUARINGS):
             p = p * p
         return p if a > EXP_FLOOR else 0.0
+
+    e10, e9, e8, e7, e6, e5, e4, e3, e2, e1, e0 = _COEF32
+    _F32 = np.float32(EXP_FLOOR32)
+    _INV64 = np.float32(1.0 / 64.0)
+    _CF32 = np.float32(_C32)
+    _ZERO32 = np.float32(0.0)
+
+    @njit(inline="always", fastmath=True, error_model="numpy", cache=True)
+    def _exp_neg32(a):  # pragma: no cover - compiled
+        """``exp(a)`` for float32 ``a <= 0`` in float32 (vectorisable): polynomial and six squarings."""
+        t = max(a, _F32) * _INV64 - _CF32
+        p = e10
+        p = p * t + e9
+        p = p * t + e8
+        p = p * t + e7
+        p = p * t + e6
+        p = p * t + e5
+        p = p * t + e4
+        p = p * t + e3
+        p = p * t + e2
+        p = p * t + e1
+        p = p * t + e0
+        for _ in range(_SQUARINGS32):
+            p = p * p
+        return p if a > _F32 else _ZERO32
+
+    @njit(fastmath=True, error_model="numpy", cache=True)
+    def _exp_neg32_array(a, out):  # pragma: no cover - compiled
+        for i in range(a.shape[0]):
+            out[i] = _exp_neg32(a[i])
 
     u15, u14, u13, u12, u11, u10, u9, u8, u7, u6, u5, u4, u3, u2, u1, u0 = _UNIT
 
@@ -99,7 +145,7 @@ if _compiled.numba is not None:
         expo = dt(-(dof + 1.0) / 2.0)
         gscale = dt((dof + 1.0) / (2.0 * dof))
         inv_dof = dt(1.0 / dof)
-        s = inv2s2
+        s = dt(inv2s2)
         for i in range(lo, hi):
             xi = x[i]
             yi = y[i]
@@ -150,6 +196,43 @@ if _compiled.numba is not None:
                     dy = yi - y[j]
                     dz = zi - z[j]
                     w = _exp_unit(max(-(dx * dx + dy * dy + dz * dz) * s, -1.0))
+                    zs += w if j != i else zero  # the self pair, exactly: no 1 + Z - 1
+                    f = w * c[j]
+                    ax += f * dx
+                    ay += f * dy
+                    az += f * dz
+                    if want_slope:
+                        bx += dx
+                        by += dy
+                        bz += dz
+                ax *= s
+                ay *= s
+                az *= s
+                bx *= s
+                by *= s
+                bz *= s
+            elif code == 5:  # the Gaussian in float32, planar (z = 0)
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    w = _exp_neg32(-(dx * dx + dy * dy) * s)
+                    zs += w if j != i else zero  # the self pair, exactly: no 1 + Z - 1
+                    f = w * c[j]
+                    ax += f * dx
+                    ay += f * dy
+                    if want_slope:
+                        bx += dx
+                        by += dy
+                ax *= s
+                ay *= s
+                bx *= s
+                by *= s
+            elif code == 4:  # the Gaussian in float32
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    dz = zi - z[j]
+                    w = _exp_neg32(-(dx * dx + dy * dy + dz * dz) * s)
                     zs += w if j != i else zero  # the self pair, exactly: no 1 + Z - 1
                     f = w * c[j]
                     ax += f * dx
@@ -279,6 +362,31 @@ if _compiled.numba is not None:
             fz[i] = az * sc
 
 
+def exp_neg32(a):
+    """The loops' float32 exponential of non-positive values (for tests).
+
+    Parameters
+    ----------
+    a : ndarray of shape (n,)
+        Non-positive values (cast to float32).
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+        ``exp(a)``: to below 1e-5 relative error, and 0 below -87.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bool(abs(exp_neg32(np.array([-1.0]))[0] / np.exp(-1.0) - 1.0) < 1e-5)
+    True
+    """
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    out = np.empty_like(a)
+    _exp_neg32_array(a, out)
+    return out
+
+
 def exp_neg(a, unit=False):
     """The loops' exponentials of non-positive float64 values (for tests).
 
@@ -314,8 +422,27 @@ def _xyz(Y, dtype):
     return tuple(cols + [zero] * (3 - len(cols)))
 
 
-def _work_dtype(Y, code):
-    return np.float64 if code == GAUSSIAN else Y.dtype
+def _work_dtype(Y, code, precise=False):
+    """The loops' dtype: the embedding's, except float64 for the wide-Gaussian regime and non-float32 input."""
+    if code == GAUSSIAN and (precise or Y.dtype != np.float32):
+        return np.float64
+    return Y.dtype
+
+
+def gaussian_code(Y, inv2s2, precise):
+    """``(code, dtype)`` of the Gaussian loops for ``Y`` (see :func:`repulsion_field`'s ``precise``)."""
+    if precise is None:
+        diam2 = sum(float(np.ptp(Y[:, k])) ** 2 for k in range(Y.shape[1])) if Y.shape[0] else 0.0
+        precise = inv2s2 * diam2 <= WIDE
+    if precise:
+        return _UNIT_CODE, np.float64
+    dtype = _work_dtype(Y, GAUSSIAN)
+    return (_F32_CODE if dtype == np.float32 else GAUSSIAN), dtype
+
+
+def gaussian_dtype_ok(zs):
+    """Whether float32 row sums ``zs`` of Gaussian weights are all far from float32's underflow."""
+    return zs.dtype != np.float32 or zs.shape[0] == 0 or float(zs.min()) >= Z_FLOOR32
 
 
 #: ``inv2s2 * diameter**2`` below which the Gaussian uses the library exponential (see repulsion_field)
@@ -369,20 +496,23 @@ def repulsion_field(Y, code, dof=1.0, inv2s2=0.0, charges=None, want_slope=False
     d = Y.shape[1]
     if d > 3:
         raise ValueError(f"the compiled loops serve 1 to 3 dimensions, got {d}.")
-    dtype = _work_dtype(Y, code)
+    if code == GAUSSIAN:
+        code, dtype = gaussian_code(Y, inv2s2, precise)
+    else:
+        dtype = _work_dtype(Y, code)
     x, y, z = _xyz(Y, dtype)
     n = x.shape[0]
+    code = _F32_PLANAR if (code == _F32_CODE and d < 3) else code
     c = np.ones_like(x) if charges is None else np.ascontiguousarray(charges, dtype=dtype)
     zs, fx, fy, fz = (np.empty_like(x) for _ in range(4))
     g = tuple(np.empty_like(x) for _ in range(3)) if want_slope else (x[:0],) * 3
-    if code == GAUSSIAN:
-        if precise is None:
-            diam2 = sum(float(np.ptp(v)) ** 2 for v in (x, y, z)) if n else 0.0
-            precise = inv2s2 * diam2 <= WIDE
-        code = 3 if precise else code
     ranges = _blocks(np.arange(n + 1), _n_blocks(n * n))
     fixed = (x, y, z, c, code, float(dof), float(inv2s2), bool(want_slope))
     _run(_repulsion3, lambda r: fixed + r + (zs, fx, fy, fz) + g, ranges)
+    if code in (_F32_CODE, _F32_PLANAR) and not gaussian_dtype_ok(zs):  # a row near float32's underflow: float64
+        z64, f64, s64, lw = repulsion_field(Y.astype(np.float64), GAUSSIAN, dof, inv2s2, charges, want_slope,
+                                            want_logw, False)
+        return z64.astype(Y.dtype), f64.astype(Y.dtype), None if s64 is None else s64.astype(Y.dtype), lw
     lw = None
     if want_logw:
         lw = np.empty(n)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _compiled
 from ._compiled import _blocks, _n_blocks, _run
-from ._compiled3d import _work_dtype, _xyz
+from ._compiled3d import _F32_CODE, _F32_PLANAR, _work_dtype, _xyz, gaussian_code, gaussian_dtype_ok
 
 __all__ = ["conditional_field", "N_PARTS"]
 
@@ -31,7 +31,7 @@ if _compiled.numba is not None:
 
     from numba import njit
 
-    from ._compiled3d import _exp_neg, _exp_unit
+    from ._compiled3d import _exp_neg, _exp_neg32, _exp_unit
 
     @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
     def _conditional_rows(x, y, z, code, dof, inv2s2, tiny, lo, hi, zs_out, ox, oy, oz, ax_o, ay_o, az_o,
@@ -43,7 +43,8 @@ if _compiled.numba is not None:
         expo = dt(-(dof + 1.0) / 2.0)
         gscale = dt((dof + 1.0) / (2.0 * dof))
         inv_dof = dt(1.0 / dof)
-        s = inv2s2
+        s = dt(inv2s2)
+        tiny = dt(tiny)
         for i in range(lo, hi):
             xi = x[i]
             yi = y[i]
@@ -92,6 +93,30 @@ if _compiled.numba is not None:
                     fx += f * dx
                     fy += f * dy
                     fz += f * dz
+            elif code == 5:  # the Gaussian in float32, planar (z = 0)
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    w = _exp_neg32(-(dx * dx + dy * dy) * s)
+                    w = w if j != i else zero
+                    f = w * s
+                    wg[j] = f
+                    zs += w
+                    fx += f * dx
+                    fy += f * dy
+            elif code == 4:  # the Gaussian in float32
+                for j in range(n):
+                    dx = xi - x[j]
+                    dy = yi - y[j]
+                    dz = zi - z[j]
+                    w = _exp_neg32(-(dx * dx + dy * dy + dz * dz) * s)
+                    w = w if j != i else zero
+                    f = w * s
+                    wg[j] = f
+                    zs += w
+                    fx += f * dx
+                    fy += f * dy
+                    fz += f * dz
             else:
                 for j in range(n):
                     dx = xi - x[j]
@@ -111,11 +136,17 @@ if _compiled.numba is not None:
             oy[i] = fy * inv
             oz[i] = fz * inv
             # row i's share of every other row's sum over j of w_ij g_ij (y_j - y_i) / Z_i
-            for j in range(n):
-                c = wg[j] * inv
-                ax_o[j] += c * (x[j] - xi)
-                ay_o[j] += c * (y[j] - yi)
-                az_o[j] += c * (z[j] - zi)
+            if code == 5:
+                for j in range(n):
+                    c = wg[j] * inv
+                    ax_o[j] += c * (x[j] - xi)
+                    ay_o[j] += c * (y[j] - yi)
+            else:
+                for j in range(n):
+                    c = wg[j] * inv
+                    ax_o[j] += c * (x[j] - xi)
+                    ay_o[j] += c * (y[j] - yi)
+                    az_o[j] += c * (z[j] - zi)
 
 
 def _parts(n):
@@ -157,15 +188,13 @@ def conditional_field(Y, code, dof=1.0, inv2s2=0.0, precise=None):
     d = Y.shape[1]
     if d > 3:
         raise ValueError(f"the compiled loops serve 1 to 3 dimensions, got {d}.")
-    dtype = _work_dtype(Y, code)
+    if code == _compiled.GAUSSIAN:
+        code, dtype = gaussian_code(Y, inv2s2, precise)
+    else:
+        dtype = _work_dtype(Y, code)
     x, y, z = _xyz(Y, dtype)
     n = x.shape[0]
-    if code == _compiled.GAUSSIAN:
-        if precise is None:
-            from ._compiled3d import WIDE
-
-            precise = inv2s2 * sum(float(np.ptp(v)) ** 2 for v in (x, y, z)) <= WIDE if n else True
-        code = 3 if precise else code
+    code = _F32_PLANAR if (code == _F32_CODE and d < 3) else code
     zs = np.empty_like(x)
     own = [np.empty_like(x) for _ in range(3)]
     parts = _parts(n)
@@ -180,6 +209,9 @@ def conditional_field(Y, code, dof=1.0, inv2s2=0.0, precise=None):
 
     groups = _blocks(np.arange(len(parts) + 1), min(len(parts), _n_blocks(n * n)))
     _run(run_parts, lambda r: r, groups)
+    if code in (_F32_CODE, _F32_PLANAR) and not gaussian_dtype_ok(zs):  # a row near float32's underflow: float64
+        return tuple(a.astype(Y.dtype) for a in conditional_field(Y.astype(np.float64), code=_compiled.GAUSSIAN,
+                                                                     dof=dof, inv2s2=inv2s2, precise=False))
     other = acc[0].copy()
     for k in range(1, len(parts)):  # in block order, whatever the threads
         other += acc[k]

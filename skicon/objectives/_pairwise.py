@@ -691,6 +691,43 @@ def _use_compiled(Y, kernel):
     return kernel.compiled_profile()
 
 
+def engine_dtype(kernel, device, n_components, method):
+    """The dtype the engine trains in: float32 where it is safe and faster, else float64.
+
+    A heavy-tailed kernel (Student-t) never underflows float32. A Gaussian does at moderate
+    distances, except in the compiled loops' exact repulsion, which run it in float32 and redo
+    a pass in float64 whenever a row's sum of weights nears float32's underflow
+    (:func:`._compiled3d.gaussian_dtype_ok`); there float32 halves the cost of an iteration.
+
+    Parameters
+    ----------
+    kernel : DistanceKernel
+        Learned kernel.
+    device : str or torch.device
+        Device of the embedding.
+    n_components : int
+        Embedding dimension.
+    method : {"fft", "exact", "sampled"}
+        How repulsive sums are computed.
+
+    Returns
+    -------
+    torch.dtype
+
+    Examples
+    --------
+    >>> from skicon.kernels import Gaussian, StudentT
+    >>> engine_dtype(StudentT(), "cpu", 2, "fft"), engine_dtype(Gaussian(), "cpu", 2, "fft")
+    (torch.float32, torch.float64)
+    """
+    if kernel.heavy_tailed():
+        return torch.float32
+    profile = kernel.compiled_profile() if compiled_kernels_apply(device, n_components) else None
+    if method == "exact" and profile is not None and profile[0] == _compiled.GAUSSIAN:
+        return torch.float32
+    return torch.float64
+
+
 def _is_cauchy(kernel):
     """The Student-t kernel with one degree of freedom, which has a cheaper exact torch path."""
     profile = kernel.compiled_profile()
