@@ -30,8 +30,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._embedding_parts import (EXACT_BELOW, METHODS, MODES, DenseObjective, LossStalled, dense, dense_module,
-                               dense_tensor, embed_new_points, initial_embedding, make_plan,
+from ._embedding_parts import (EXACT_BELOW, METHODS, MODES, DenseObjective, GradientAtRest, LossStalled, dense,
+                               dense_module, dense_tensor, embed_new_points, initial_embedding, make_plan,
                                make_trustworthiness_scorer, trustworthiness_scorer)
 from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
 from ._threads import N_JOBS_CONSTRAINT, thread_limits
@@ -110,7 +110,9 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         gradient carries t-SNE's factor 4; this equals openTSNE's ``n / exaggeration``), 1e-3
         (Adam) for parametric mappers, 1.0 for the dense path's LBFGS and 1e-2 for its Adam.
     max_iter : int, default=750
-        Total iterations (optimiser steps), including the early-exaggeration phase.
+        Total iterations (optimiser steps), including the early-exaggeration phase. With a
+        light-tailed ``q`` (SNE's Gaussian) on a table, the fit stops earlier once the gradient
+        has vanished (below 1e-5 of its norm when exaggeration ends, checked at each loss log).
     early_exaggeration : float, default=12.0
         Factor on the attraction during the first ``early_exaggeration_iter`` iterations
         (engine only: the dense path minimises the exact loss directly).
@@ -416,9 +418,11 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
             optimizer, lr = "adam", 1e-3 if self.learning_rate == "auto" else float(self.learning_rate)
         else:
             optimizer, lr = "gains", phases[0]["optimizer"]["lr"]
+        # a light-tailed q (SNE's Gaussian) converges long before max_iter: stop once its gradient vanishes
+        hooks = [GradientAtRest()] if not parametric and not q.heavy_tailed() else []
         return Trainer(module, objective, n_steps=self.max_iter, optimizer=optimizer, learning_rate=lr,
                        phases=phases, device=device, random_state=self.random_state, callbacks=callbacks,
-                       verbose=self.verbose, estimator=self, desc="ICONEmbedding")
+                       hooks=hooks, verbose=self.verbose, estimator=self, desc="ICONEmbedding")
 
     # -- dense exact path (PCA, MDS, any other kernels) ------------------------------------------
     def _fit_dense(self, X, plan, device, callbacks):

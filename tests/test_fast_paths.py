@@ -254,3 +254,78 @@ def test_gaussian_q_and_3d_tsne_run_the_compiled_loops(monkeypatch):
         ref = get_method(est._plan.row).loss(X, torch.tensor(est.embedding_), p=est.p_, q=est.q_,
                                              normalization=est.normalization_)
         assert est.loss_ == pytest.approx(float(ref), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# the float32 Gaussian loops (a float32 embedding of the engine) and the stop at rest
+# ------------------------------------------------------------------------------------------------
+def test_float32_exponential_is_accurate_and_underflows_to_zero():
+    a = -np.concatenate([np.linspace(0.0, 86.99, 100_001), np.logspace(-7, np.log10(86.99), 2_001)])
+    a = a.astype(np.float32)
+    out = c3.exp_neg32(a)
+    assert out.dtype == np.float32
+    # six squarings amplify float32 rounding about 64 times: ~1e-5, far below the float32 sums' own error
+    assert np.abs(out / np.exp(a.astype(np.float64)) - 1.0).max() < 2e-5
+    assert np.all(c3.exp_neg32(np.array([-87.01, -1e4, -np.inf])) == 0.0)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_float32_gaussian_loops_agree_with_float64(dim, n_threads):
+    rng = np.random.RandomState(3)
+    Y = rng.randn(600, dim) * 3.0  # many pairs beyond float32's exp range (d^2 * 0.35 > 87)
+    c = rng.rand(600) + 0.5
+    with thread_limits(n_threads):
+        r64 = c3.repulsion_field(Y, ck.GAUSSIAN, 1.0, 0.35, charges=c, want_slope=True, want_logw=True)
+        r32 = c3.repulsion_field(Y.astype(np.float32), ck.GAUSSIAN, 1.0, 0.35, charges=c, want_slope=True,
+                                 want_logw=True)
+        c64 = cc.conditional_field(Y, ck.GAUSSIAN, 1.0, 0.35)
+        c32 = cc.conditional_field(Y.astype(np.float32), ck.GAUSSIAN, 1.0, 0.35)
+    assert all(a.dtype == np.float32 for a in r32[:3] + c32)
+    for a, b in zip(r64[:3] + c64, r32[:3] + c32):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    np.testing.assert_allclose(r32[3], r64[3], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_float32_gaussian_redoes_in_float64_a_row_near_underflow(dim):
+    rng = np.random.RandomState(4)
+    Y = rng.randn(200, dim)
+    Y[0] = 0.0
+    Y[0, 0] = Y[1:, 0].max() + 13.6  # d^2 * 0.5 >= 92 to every other point: float32's exp gives 0
+    for field in (lambda A: c3.repulsion_field(A, ck.GAUSSIAN, 1.0, 0.5)[:2],
+                  lambda A: cc.conditional_field(A, ck.GAUSSIAN, 1.0, 0.5)):
+        ref = field(Y.astype(np.float32).astype(np.float64))
+        out = field(Y.astype(np.float32))
+        assert ref[0][0] > 0 and all(a.dtype == np.float32 for a in out)
+        # the pass redone in float64, then cast: the isolated row keeps its (subnormal) weights,
+        # and the conditional form its own-row force, which float32's zero weights would lose
+        for a, b in zip(ref, out):
+            np.testing.assert_array_equal(b, a.astype(np.float32))
+        assert out[0][0] > 0 and np.all(out[1][0] != 0)
+
+
+def test_engine_trains_the_compiled_gaussian_in_float32_only():
+    g = Gaussian(sigma=np.sqrt(0.5))
+    assert engine.engine_dtype(g, "cpu", 2, "exact") == torch.float32
+    assert engine.engine_dtype(g, "cpu", 3, "exact") == torch.float32
+    assert engine.engine_dtype(g, "cpu", 4, "exact") == torch.float64  # torch code: float32 underflows
+    assert engine.engine_dtype(g, "cpu", 2, "fft") == torch.float64
+    assert engine.engine_dtype(StudentT(), "cpu", 4, "fft") == torch.float32
+
+
+def test_sne_stops_once_its_gradient_vanishes_at_the_loss_of_a_full_run(monkeypatch):
+    import skicon._embedding as emb
+
+    X = load_digits().data[:400]
+    kw = dict(method="sne", perplexity=20, max_iter=1000, early_exaggeration_iter=100, random_state=0)
+    stopped = ICONEmbedding(**kw).fit(X)
+    assert stopped.n_iter_ < 1000 and stopped.n_iter_ % 50 == 0
+    assert stopped.loss_curve_iterations_[-1] == stopped.n_iter_
+    monkeypatch.setattr(emb, "GradientAtRest", lambda: (lambda trainer, loss: False))
+    full = ICONEmbedding(**kw).fit(X)
+    assert full.n_iter_ == 1000
+    # the same objective solved as well: the remaining iterations do not move the loss
+    assert stopped.loss_ == pytest.approx(full.loss_, rel=1e-5)
+    # a heavy-tailed q keeps its max_iter
+    assert ICONEmbedding(perplexity=20, max_iter=300, early_exaggeration_iter=100).fit(X).n_iter_ == 300
