@@ -3,7 +3,8 @@ import scipy.sparse as sp
 import pytest
 import torch
 
-from skicon._training import ConvergenceStop, GainsSGD, RowSampler, Trainer, batched_forward, check_callbacks
+from skicon._training import (ConvergenceStop, CosineSchedule, FusedAdam, GainsSGD, RowSampler, Trainer,
+                              batched_forward, check_callbacks)
 from skicon._utils import resolve_device, seed_from_random_state, torch_generator
 from skicon.mappers import MLP, Table, make_mapper
 
@@ -151,9 +152,45 @@ def test_adam_steps_are_fused_on_cpu(optimizer, fused):
     trainer, _ = _trainer()
     trainer.optimizer = optimizer
     opt, _ = trainer.make_optimizer()
-    assert bool(opt.defaults.get("fused")) is fused
+    assert isinstance(opt, FusedAdam) is fused
     trainer.run()
     assert trainer.history[-1] < trainer.history[0]
+
+
+@pytest.mark.parametrize("n_steps", [1, 7, 60])
+@pytest.mark.parametrize("name,weight_decay", [("Adam", 0.0), ("Adam", 1e-2), ("AdamW", 1e-2)])
+def test_fused_adam_and_cosine_schedule_equal_torch_bit_for_bit(name, weight_decay, n_steps):
+    # FusedAdam/CosineSchedule replace torch.optim.Adam(fused=True)/CosineAnnealingLR to avoid
+    # torch's optimiser import; the trajectory must be the same to the last bit.
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    ref = getattr(torch.optim, name)(nets[0].parameters(), lr=0.05, weight_decay=weight_decay, fused=True)
+    ours = FusedAdam(nets[1].parameters(), lr=0.05, weight_decay=weight_decay, decoupled=name == "AdamW")
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=n_steps), CosineSchedule(ours, n_steps)]
+    X = torch.randn(20, 5)
+    for _ in range(n_steps):
+        for net, opt, sched in zip(nets, (ref, ours), scheds):
+            opt.zero_grad()
+            net(X).pow(2).sum().backward()
+            opt.step()
+            sched.step()
+        assert ref.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+
+
+def test_a_minibatch_fit_does_not_import_torch_dynamo():
+    # torch.optim.Optimizer's constructor imports torch._dynamo (about 1 s in a fresh process,
+    # paid again by every joblib worker); the Trainer's Adam and cosine schedule avoid it.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom sklearn.datasets import make_blobs\nfrom skicon import ICONClustering\n"
+            "X, _ = make_blobs(200, 5, centers=3, random_state=0)\n"
+            "ICONClustering(3, n_init=2, max_iter=60, random_state=0).fit(X)\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
 
 
 def test_full_batch_lbfgs_counts_one_iteration_per_optimiser_step():
