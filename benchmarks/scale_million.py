@@ -12,12 +12,14 @@ starts), peak RSS of the process, and the 10-NN accuracy (5-fold cross-validatio
 random subsample of 10,000 points of the result. The openTSNE row and skicon's t-SNE at the same
 200,000 points give the time ratio (skicon / openTSNE) and the accuracy difference.
 
-Memory, by reading the code paths: the kNN graph is pynndescent's (``knn_graph`` uses brute
-force only below ``EXACT_COST_LIMIT`` = 3e10 multiply-adds, i.e. about 27,000 points of 40
-features), ``p`` is a CSR matrix of n x 3*perplexity entries (``SparseAffinity``), repulsion is
-the FFT grid (``mode="auto"`` for 2-D maps above a few thousand points), and ICONClustering
-trains on minibatches of the sparse ``p`` and evaluates its loss and assignments on blocks.
-Nothing is n x n.
+Memory, by reading the code paths: the kNN graph is pynndescent's above ``knn_graph``'s
+``EXACT_COST_LIMIT``, ``p`` is a CSR matrix of n x 3*perplexity entries, calibrated in blocks of
+rows and normalised in place; t-SNE's joint ``p`` (``P + P^T``, float64, ``affinities_``) is
+held once more by the engine as int32 column indices and float32 values (``SparseAffinity``,
+8 bytes per edge; the int64 edge lists only the torch code needs are not built on the compiled CPU path);
+repulsion is the FFT grid (``mode="auto"`` for 2-D maps above a few thousand points).
+ICONClustering trains on minibatches of the sparse ``p`` and evaluates its loss and assignments
+on blocks (``diagonal_blocks`` walks the CSR rows, never a COO copy of ``p``). Nothing is n x n.
 
 Run ``python -m benchmarks.scale_million [--n 1000000] [--n-opentsne 200000] [--n-jobs 2]``;
 ``--only tsne,clustering,opentsne`` picks rows.

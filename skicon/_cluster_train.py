@@ -22,7 +22,6 @@ import torch
 
 from ._cluster_heads import PRUNE_WINDOW, LogitTables, kmeans_pp, last_mean, lloyd_polish, pruning_schedule, sqdist
 from ._training import RowSampler, Trainer, check_callbacks, log_means
-from .kernels import normalize_rows
 from .objectives._cluster import (
     cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss, temi_loss,
 )
@@ -77,22 +76,17 @@ class PairObjective:
         self.neg_gen = torch.Generator().manual_seed(seed + 2)
         self.per_head = []
         self.prior = None  # TEMI's moving cluster marginal ("mi")
+        self._pairs = {}  # (batch size, device) -> the positive pairs of a batch (see pairs)
 
     def __call__(self, mod, anchors, teacher):
         a = anchors.numpy()
         idx = np.concatenate([a, self.sampler.sample(a)])
         inputs = self.inputs(idx)
-        b = len(a)
-        rows = [np.arange(b), np.arange(b, 2 * b)]
-        cols = [np.arange(b, 2 * b), np.arange(b)]
         if self.augment is not None:
             inputs = torch.cat([inputs, self.augment(a)])
             idx = np.concatenate([idx, a])
-            rows += [np.arange(b), np.arange(2 * b, 3 * b)]
-            cols += [np.arange(2 * b, 3 * b), np.arange(b)]
-        rows, cols = np.concatenate(rows), np.concatenate(cols)
-        vals = 1.0 / np.bincount(rows, minlength=len(idx))[rows]
         m, device = len(idx), inputs.device
+        rows, cols, vals = self.pairs(len(a), device)
         negatives = None
         if self.n_negatives is not None and self.n_negatives < m - 1:
             negatives = torch.randperm(m, generator=self.neg_gen)[: self.n_negatives].to(device)
@@ -106,12 +100,30 @@ class PairObjective:
             return record_heads(self, mod, losses)
         d = None if self.degrees is None else torch.as_tensor(self.degrees[idx], dtype=torch.float32, device=device)
         losses = cluster_kernel_loss(
-            logits, torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device),
-            torch.as_tensor(vals, dtype=torch.float32, device=device), alpha=self.plan.alpha,
+            logits, rows, cols, vals, alpha=self.plan.alpha,
             alpha_q=self.plan.alpha_q, cand_logits=cand, negatives=negatives, degrees=d,
             include_self=self.plan.include_self,
         )
         return record_heads(self, mod, losses)
+
+    def pairs(self, b, device):
+        """The batch's positive pairs (rows, cols, p values) as tensors, built once per batch size.
+
+        Anchor t pairs with its sampled positive b + t both ways (and with its view 2b + t,
+        which pairs back with it, when ``augment`` is set); each anchor row sums to one.
+        """
+        key = (b, str(device))
+        if key not in self._pairs:
+            rows = [np.arange(b), np.arange(b, 2 * b)]
+            cols = [np.arange(b, 2 * b), np.arange(b)]
+            if self.augment is not None:
+                rows += [np.arange(b), np.arange(2 * b, 3 * b)]
+                cols += [np.arange(2 * b, 3 * b), np.arange(b)]
+            rows, cols = np.concatenate(rows), np.concatenate(cols)
+            vals = 1.0 / np.bincount(rows)[rows]
+            self._pairs[key] = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device),
+                                torch.as_tensor(vals, dtype=torch.float32, device=device))
+        return self._pairs[key]
 
     def temi(self, mod, logits, cand, rows, cols, vals):
         """The "mi" row as TEMI trains it: :func:`temi_loss` with a moving cluster marginal.
@@ -251,25 +263,51 @@ def forward_block_loss(P, logits, block, *, alpha, alpha_q, degrees=None, includ
     """
     logits = torch.as_tensor(logits, dtype=torch.float64)
     n = logits.shape[0]
+    rows, cols, vals, bounds = diagonal_blocks(P, block)
+    rows_t, cols_t, vals_t = torch.as_tensor(rows), torch.as_tensor(cols), torch.as_tensor(vals)
     total, count = 0.0, 0
-    for s in range(0, n, block):
-        idx = np.arange(s, min(n, s + block))
-        if len(idx) < 2:
+    for k, s in enumerate(range(0, n, block)):
+        e, lo, hi = min(n, s + block), bounds[k], bounds[k + 1]
+        if e - s < 2 or hi == lo:
             continue
-        coo = normalize_rows(P[idx][:, idx]).tocoo()
-        if coo.nnz == 0:
-            continue
-        d = None if degrees is None else torch.as_tensor(degrees[idx], dtype=torch.float64)
+        d = None if degrees is None else torch.as_tensor(degrees[s:e], dtype=torch.float64)
         with torch.no_grad():
             loss = cluster_kernel_loss(
-                logits[idx][None], torch.as_tensor(coo.row, dtype=torch.long),
-                torch.as_tensor(coo.col, dtype=torch.long), torch.as_tensor(coo.data, dtype=torch.float64),
+                logits[None, s:e], rows_t[lo:hi] - s, cols_t[lo:hi] - s, vals_t[lo:hi],
                 alpha=alpha, alpha_q=alpha_q, degrees=d, include_self=include_self,
             )
-        rows_with_mass = len(np.unique(coo.row))
+        rows_with_mass = int(np.count_nonzero(np.diff(rows[lo:hi])) + 1)
         total += float(loss[0]) * rows_with_mass
         count += rows_with_mass
     return total / max(count, 1)
+
+
+def diagonal_blocks(P, block):
+    """The entries of ``P`` inside its diagonal blocks of ``block`` rows, each block's rows renormalised.
+
+    Returns ``(rows, cols, vals, bounds)``: int64 global indices and float64 values ordered by
+    row, the entries of block k (rows and columns in ``[k block, (k + 1) block)``) at
+    ``bounds[k]:bounds[k + 1]``. Each block's rows are what ``normalize_rows(P[idx][:, idx])``
+    gives (rows without entries in their block stay empty), found in one pass over ``P``.
+    """
+    P = sp.csr_matrix(P)
+    n = P.shape[0]
+    # whole blocks at a time, straight from the CSR rows (no COO copy of P: at a million points
+    # the int64 edge lists of all of P cost several GiB): about a million entries per step
+    step = block * max(1, (1 << 20) // max(1, block * (P.nnz // n + 1)))
+    parts = []
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        a, b = P.indptr[s], P.indptr[e]
+        r = np.repeat(np.arange(s, e, dtype=np.int64), np.diff(P.indptr[s : e + 1]))
+        c = P.indices[a:b].astype(np.int64)
+        keep = r // block == c // block
+        parts.append((r[keep], c[keep], P.data[a:b][keep].astype(np.float64)))
+    r, c, v = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    sums = np.bincount(r, weights=v, minlength=n)
+    inv = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+    bounds = np.searchsorted(r, np.arange(0, P.shape[0] + block, block))
+    return r, c, inv[r] * v, bounds
 
 
 def reverse_block_loss(log_p_block, logits, block, *, degrees=None, alpha_q=0.0):

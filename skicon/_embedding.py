@@ -382,6 +382,7 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         else:
             self.affinities_ = P
             aff = SparseAffinity.conditional(P, device, dtype)
+        del P  # the joint form keeps its own matrix: the conditional one (n k entries) is not held in training
         parametric = plan.mapper != "table"
         gen = torch.Generator(device=device).manual_seed(seed_from_random_state(self.random_state))
         inputs = dense_tensor(X, device, dtype) if parametric else None

@@ -290,13 +290,17 @@ class thread_limits:
 
 
 @contextmanager
-def torch_threads(work):
+def torch_threads(work, exact=False):
     """Set torch's threads to :func:`torch_threads_for` ``(work)`` for a block (restored after).
 
     Parameters
     ----------
     work : float
-        Multiply-adds of the largest product of one iteration.
+        Multiply-adds of the largest product of one iteration; with ``exact=True``, the
+        number of threads itself.
+    exact : bool, default=False
+        Use ``work`` threads whatever the limit in effect (an objective that runs its heavy
+        work on its own threads and needs torch only for glue).
 
     Examples
     --------
@@ -306,7 +310,7 @@ def torch_threads(work):
     1
     """
     before = torch.get_num_threads()
-    torch.set_num_threads(torch_threads_for(work))
+    torch.set_num_threads(max(1, int(work)) if exact else torch_threads_for(work))
     try:
         yield
     finally:

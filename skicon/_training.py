@@ -703,7 +703,11 @@ class Trainer:
         bar = tqdm(total=total, desc=self.desc, disable=not self.verbose, leave=False)
         start = time.perf_counter()
         window = []
-        threads = torch_threads(self.step_work())  # n_jobs=None: small iterations run on fewer threads
+        # n_jobs=None: small iterations run on fewer threads; an objective whose heavy work runs on
+        # its own threads (compiled loops) leaves torch one thread for its glue
+        glue = getattr(self.objective, "torch_glue_only", None)
+        own = glue is not None and glue(self.module)
+        threads = torch_threads(1, exact=True) if own else torch_threads(self.step_work())
         threads.__enter__()
         try:
             for phase in self.phases:

@@ -16,9 +16,26 @@ from ._utils import seed_from_random_state
 __all__ = ["KNNGraph", "knn_graph", "query_neighbors", "perplexity_betas", "EXACT_COST_LIMIT", "torch_knn",
            "search_device", "TORCH_CUDA_COST_LIMIT"]
 
-#: Brute-force search is used while ``n_samples**2 * n_features`` stays below this number of
-#: multiply-adds (about a second or two of BLAS on two cores); pynndescent above it.
-EXACT_COST_LIMIT = 3e10
+#: The exact search runs while its cost, ``n_samples**2 * (n_features + 180)``, stays below this:
+#: about 30 seconds on two cores for the compiled Euclidean search of :mod:`skicon._knn_exact`
+#: (measured 2.7-3.0 ns per pair at 20-40 features: the ``+ 180`` is its per-pair selection cost
+#: in units of one feature's multiply-add). That is 100,000 points of 40 features or 50,000 of
+#: 784, where it beat pynndescent even with pynndescent's code already compiled (which a fresh
+#: process must first do, 25-30 s that cannot be cached on disk): ``benchmarks/bench_knn.py``.
+#: Other metrics and sparse data (scikit-learn's brute force) use the search below this divided
+#: by :data:`BRUTE_COST_RATIO`.
+EXACT_COST_LIMIT = 2.5e12
+
+#: How much more a pair costs in scikit-learn's brute force (other metrics, sparse data) than in
+#: the compiled Euclidean search, in :data:`EXACT_COST_LIMIT`'s units.
+BRUTE_COST_RATIO = 80.0
+
+
+def _exact_pays(n, d, metric, sparse):
+    """Whether ``method="auto"`` searches exactly (see :data:`EXACT_COST_LIMIT`)."""
+    if metric == "euclidean" and not sparse:
+        return float(n) * n * (d + 180) <= EXACT_COST_LIMIT
+    return float(n) * n * d <= EXACT_COST_LIMIT / BRUTE_COST_RATIO
 
 
 @dataclass
@@ -93,7 +110,8 @@ def _drop_self(indices, distances, k):
 
 def _exact(X, k, metric, n_jobs):
     if metric == "euclidean" and not sp.issparse(X):
-        return _euclidean_search(np.asarray(X, dtype=np.float64), np.asarray(X, dtype=np.float64), k + 1)
+        X64 = np.asarray(X, dtype=np.float64)
+        return _euclidean_search(X64, X64, k + 1)
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric=metric, n_jobs=n_jobs).fit(X)
@@ -101,59 +119,15 @@ def _exact(X, k, metric, n_jobs):
     return indices, distances
 
 
-def _euclidean_search(A, B, k, slack=16):
-    """The ``k`` nearest rows of ``B`` for each row of ``A``, independent of the thread count.
+def _euclidean_search(A, B, k):
+    """The ``k`` nearest rows of ``B`` for each row of ``A``: exact, ties by index, thread-independent.
 
-    BLAS distances (``|a|^2 + |b|^2 - 2 a.b``) only shortlist the candidates: the ``k + slack``
-    nearest by BLAS, which must hold every row of ``B`` within a margin (above the expansion's
-    rounding error) of the k-th BLAS distance; the rows where ties make that shortlist too short
-    take every row inside the margin instead. The shortlist's distances are then recomputed
-    elementwise and sorted by (distance, index), so that neither the BLAS threads nor the order
-    in which a parallel search meets equidistant points (ties are common in integer data) can
-    change the result.
+    See :mod:`skicon._knn_exact` (float32 shortlist, compiled top-k, float64 re-ranking and a
+    per-row proof that the shortlist holds the true neighbours).
     """
-    n, m = A.shape[0], B.shape[0]
-    k = min(k, m)
-    sqA, sqB = (A * A).sum(axis=1), (B * B).sum(axis=1)
-    indices, distances = np.empty((n, k), dtype=np.int64), np.empty((n, k))
-    step = max(1, 1_048_576 // max(1, m))
-    for s in range(0, n, step):
-        Ab = A[s : s + step]
-        d2 = Ab @ B.T
-        d2 *= -2.0
-        d2 += sqA[s : s + step, None]
-        d2 += sqB[None, :]
-        margin = 1e-9 * (sqA[s : s + step, None] + sqB.max()) + 1e-300
-        w = min(m, k + slack)
-        cand = np.argpartition(d2, w - 1, axis=1)[:, :w] if w < m else np.broadcast_to(np.arange(m), d2.shape)
-        near = np.take_along_axis(d2, cand, axis=1)
-        bound = np.partition(near, k - 1, axis=1)[:, k - 1 : k] + margin  # = the k-th of the whole row
-        inside = near <= bound
-        # every row of B left out of a shortlist lies at or beyond its largest BLAS distance
-        short = (near.max(axis=1) <= bound[:, 0]) if w < m else np.zeros(len(near), dtype=bool)
-        idx, dist = _rerank(Ab, B, cand, inside, k)
-        for r in np.flatnonzero(short):  # ties beyond the slack: the whole margin of that row
-            full = np.flatnonzero(d2[r] <= bound[r, 0])[None, :]
-            idx[r], dist[r] = (v[0] for v in _rerank(Ab[r : r + 1], B, full, np.ones(full.shape, bool), k))
-        indices[s : s + step], distances[s : s + step] = idx, dist
-    return indices, distances
+    from ._knn_exact import euclidean_search
 
-
-def _rerank(Ab, B, cand, inside, k):
-    """Exact elementwise distances of the candidates inside the margin, sorted by (distance, index)."""
-    from .objectives import _compiled
-
-    if _compiled.available():
-        exact = np.sqrt(_compiled.pair_distances(Ab, B, cand))
-    else:  # pragma: no cover - numba comes with pynndescent, a hard dependency
-        exact = np.empty(cand.shape)
-        rows = max(1, 262_144 // max(1, cand.shape[1] * Ab.shape[1]))  # 2 MiB of differences at a time
-        for r in range(0, cand.shape[0], rows):
-            diff = B[cand[r : r + rows]] - Ab[r : r + rows, None, :]
-            exact[r : r + rows] = np.sqrt((diff * diff).sum(axis=2))
-    exact[~inside] = np.inf
-    order = np.lexsort((cand, exact), axis=1)[:, :k]
-    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
+    return euclidean_search(A, B, k)
 
 
 def _approximate(X, k, metric, random_state, n_jobs):
@@ -170,7 +144,7 @@ def _approximate(X, k, metric, random_state, n_jobs):
         verbose=False,
     )
     indices, distances = index.neighbor_graph
-    return indices.astype(np.int64), distances.astype(np.float64)
+    return indices.astype(np.int64, copy=False), distances.astype(np.float64, copy=False)
 
 
 #: On CUDA, ``method="auto"`` searches exactly with :func:`torch_knn` while ``n_samples**2 *
@@ -317,8 +291,8 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
         Any metric understood by scikit-learn (exact) and pynndescent (approximate), e.g.
         ``"euclidean"``, ``"cosine"``, ``"manhattan"``.
     method : {"auto", "exact", "pynndescent", "torch"}, default="auto"
-        ``"auto"`` uses exact brute force while ``n_samples**2 * n_features`` is below
-        :data:`EXACT_COST_LIMIT`, pynndescent above it; on a CUDA ``device`` (or inside
+        ``"auto"`` uses the exact search while ``n_samples**2 * (n_features + 180)`` is below
+        :data:`EXACT_COST_LIMIT` (Euclidean, dense), pynndescent above it; on a CUDA ``device`` (or inside
         :func:`search_device` of one) it uses :func:`torch_knn` there while the cost is below
         :data:`TORCH_CUDA_COST_LIMIT`. ``"torch"``: :func:`torch_knn` on ``device`` (CPU when None).
     random_state : int, RandomState instance or None, default=None
@@ -355,7 +329,7 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
             and float(n) * n * X.shape[1] <= TORCH_CUDA_COST_LIMIT):
         method = "torch"
     if method == "auto":
-        method = "exact" if float(n) * n * X.shape[1] <= EXACT_COST_LIMIT or n <= 4 * (k + 1) else "pynndescent"
+        method = "exact" if _exact_pays(n, X.shape[1], metric, sp.issparse(X)) or n <= 4 * (k + 1) else "pynndescent"
     if method == "torch":
         indices, distances = torch_knn(X, X, min(k + 1, n), metric=metric, device=cuda or device or "cpu")
     elif method == "exact":
@@ -365,7 +339,7 @@ def knn_graph(X, n_neighbors, *, metric="euclidean", method="auto", random_state
     indices, distances = _drop_self(np.asarray(indices), np.asarray(distances, dtype=np.float64), k)
     if indices.shape[1] < k:  # happens when n - 1 == k and self was already removed
         raise RuntimeError("neighbour search returned fewer neighbours than requested")
-    return KNNGraph(indices.astype(np.int64), distances, metric)
+    return KNNGraph(indices.astype(np.int64, copy=False), distances, metric)
 
 
 def query_neighbors(X_ref, X_new, n_neighbors, *, metric="euclidean", n_jobs=None, device=None):

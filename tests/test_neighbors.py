@@ -109,3 +109,53 @@ def test_torch_knn_graph_and_ties():
     assert idx.tolist() == [[0, 2, 3, 4]]
     with pytest.raises(ValueError, match="metric"):
         torch_knn(X, X, 2, metric="manhattan")
+
+
+def _brute(A, B, k):
+    """Reference: all float64 distances summed feature by feature in order, sorted by (distance, index)."""
+    d2 = np.zeros((A.shape[0], B.shape[0]))
+    for f in range(A.shape[1]):
+        d2 += (A[:, None, f] - B[None, :, f]) ** 2
+    d = np.sqrt(d2)
+    order = np.lexsort((np.broadcast_to(np.arange(B.shape[0]), d.shape), d), axis=1)[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+@pytest.mark.parametrize("case", ["gauss", "integer_ties", "duplicates", "offset", "tiny", "huge"])
+def test_compiled_exact_search_equals_brute_force(case):
+    """The float32 shortlist plus its proof gives exactly the float64 brute-force answer."""
+    from skicon._knn_exact import euclidean_search
+
+    rng = np.random.RandomState(0)
+    if case == "gauss":
+        B = rng.randn(700, 12)
+    elif case == "integer_ties":  # many equidistant points: ties broken by index
+        B = rng.randint(0, 3, size=(700, 6)).astype(float)
+    elif case == "duplicates":  # 50 copies of each point: far more ties than the slack of 16
+        B = np.repeat(rng.randn(14, 5), 50, axis=0)
+    elif case == "offset":  # far from the origin: float32 alone could not tell the points apart
+        B = 1e6 + rng.randn(700, 8)
+    elif case == "tiny":
+        B = 1e-30 * rng.randn(700, 8)
+    else:
+        B = 1e30 * rng.randn(700, 8)
+    A = np.concatenate([B[:300], B[:100] + 0.5 * (B[1:101] - B[:100])])
+    for k in (1, 20, 91):
+        idx, dist = euclidean_search(A, B, k)
+        ref_idx, ref_dist = _brute(A, B, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=0)
+
+
+def test_compiled_exact_search_small_blocks_and_retries(monkeypatch):
+    """Tiny blocks (many products per row) and shortlists that must grow give the same answer."""
+    from skicon import _knn_exact
+
+    monkeypatch.setattr(_knn_exact, "ROWS", 7)
+    monkeypatch.setattr(_knn_exact, "COLS", 13)
+    rng = np.random.RandomState(1)
+    B = np.repeat(rng.randint(0, 4, size=(30, 3)).astype(float), 9, axis=0)
+    idx, dist = _knn_exact.euclidean_search(B, B, 25, slack=2)
+    ref_idx, ref_dist = _brute(B, B, 25)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=0)

@@ -222,3 +222,44 @@ def test_verbose_bar_shows_the_loss_and_leaves_a_summary(name, data, capfd):
     _fit(_small(name).set_params(verbose=0, n_jobs=1), *data)
     out, err = capfd.readouterr()
     assert name not in out + err  # silent by default
+
+
+def _search_in_child(queue):
+    import numpy as np
+
+    from skicon._knn_exact import euclidean_search
+    from skicon._threads import thread_limits
+
+    X = np.random.RandomState(0).randn(3000, 10)
+    with thread_limits(2):
+        queue.put(euclidean_search(X, X, 5)[0].tolist())
+
+
+def test_compiled_loops_run_in_a_forked_child():
+    """A child forked after the parent used the compiled loops' thread pool starts its own pool.
+
+    The parent's pool threads do not exist in the child; submitting to the inherited pool hung
+    forever (found by the benchmarks, which fork a worker per method).
+    """
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from skicon._knn_exact import euclidean_search
+    from skicon._threads import thread_limits
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    X = np.random.RandomState(0).randn(3000, 10)
+    with thread_limits(2):
+        expected = euclidean_search(X, X, 5)[0].tolist()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_search_in_child, args=(queue,))
+    proc.start()
+    try:
+        assert queue.get(timeout=120) == expected
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()

@@ -49,10 +49,13 @@ def drop_diagonal(M):
     so that what is drawn from its rows does not depend on how ``M`` was assembled.
     """
     M = sp.csr_matrix(M, dtype=np.float64)
-    rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
-    off = M.indices != rows
+    counts = np.diff(M.indptr)
+    # row ids in the indices' own dtype (int32 below 2**31 rows): 4 bytes per entry, not 8
+    off = M.indices != np.repeat(np.arange(M.shape[0], dtype=M.indices.dtype), counts)
+    # a diagonal entry's row is its column: each row's count less its diagonal entries
+    counts = counts - np.bincount(M.indices[~off], minlength=M.shape[0])
     indptr = np.zeros(M.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows[off], minlength=M.shape[0]), out=indptr[1:])
+    np.cumsum(counts, out=indptr[1:])
     out = sp.csr_matrix((M.data[off], M.indices[off], indptr), shape=M.shape)
     out.sort_indices()
     return out

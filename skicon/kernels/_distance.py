@@ -19,6 +19,9 @@ from ._base import Kernel, normalize_rows
 
 __all__ = ["DistanceKernel", "Gaussian", "StudentT", "Cosine", "DotProduct", "pairwise_sqdist"]
 
+#: Entries (rows x candidates) per block of the perplexity calibration.
+_CALIBRATION_BLOCK = 1 << 21
+
 
 def pairwise_sqdist(Z, C=None):
     """Squared Euclidean distances between the rows of ``Z`` and ``C`` (torch, differentiable).
@@ -145,8 +148,10 @@ class _PairwiseKernel(Kernel):
         if k is not None and not self.include_self:
             # k candidates per row, rows in order: normalise the (n, k) block and build the CSR
             # directly (no COO round trip, which doubles the peak memory at large n)
-            logw = logw.reshape(n, -1)
-            w = np.exp(logw - logw.max(axis=1, keepdims=True))
+            # in place on logw (the log-weights are this function's own): no second n x k copy
+            w = logw.reshape(n, -1)
+            w -= w.max(axis=1, keepdims=True)
+            np.exp(w, out=w)
             w /= w.sum(axis=1, keepdims=True)
             P = sp.csr_matrix((w.ravel(), np.asarray(cols), np.arange(0, w.size + 1, w.shape[1])), shape=(n, n))
             P.sort_indices()
@@ -375,7 +380,7 @@ class Gaussian(DistanceKernel):
     def _conditional_log_weights(self, X, rows, cols, distances, n):
         self._validate()
         if distances is not None and self._search_metric == "euclidean":
-            sq = distances.ravel() ** 2
+            sq = np.asarray(distances, dtype=np.float64).ravel() ** 2
         else:
             Xt = as_tensor(X, dtype=torch.float64)
             sq = np.concatenate(
@@ -395,8 +400,12 @@ class Gaussian(DistanceKernel):
                 f"perplexity={self.perplexity} is larger than the number of candidates ({m}); "
                 "lower the perplexity or raise n_neighbors."
             )
-        betas = perplexity_betas(sq_rows, self.perplexity)
-        return (-betas[:, None] * sq_rows).ravel()
+        # calibrated in blocks of rows (each row's beta depends on that row alone): the solver's
+        # float64 temporaries stay a few blocks' worth instead of several copies of all n x m
+        step = max(1, _CALIBRATION_BLOCK // m)
+        betas = np.concatenate([perplexity_betas(sq_rows[s : s + step], self.perplexity) for s in range(0, n, step)])
+        sq_rows *= -betas[:, None]  # in place: sq is this function's own array
+        return sq
 
     def _self_log_weights(self, X, n):
         return np.zeros(n)

@@ -272,6 +272,7 @@ class Propagated(_Wrapper):
         for _ in range(self.walk_length - 1):
             power = power @ P
             total = total + power
+        del power, P  # the last power is as large as the total: not held while the diagonal goes
         if not self.include_self:
             total = drop_diagonal(total)  # walks that return to i are not neighbours of i
         total = sp.csr_matrix(total)

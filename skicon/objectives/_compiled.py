@@ -21,6 +21,7 @@ more than two dimensions, and for kernels without a ``compiled_profile()``.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -53,6 +54,16 @@ def available():
 
 
 _POOL = None
+
+
+def _forget_pool():
+    """In a forked child: the parent's pool threads do not exist here, so start a new pool."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _blocks(weights_cumsum, n_blocks):

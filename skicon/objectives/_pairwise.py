@@ -38,16 +38,18 @@ return the loss.
 import math
 
 import numpy as np
+import scipy.fft
 import scipy.sparse as sp
 import torch
 
-from ..kernels._transforms import debias, debiased_plogp
+from ..kernels._transforms import debias
 from .._lazy import lazy_module
 
 # numba (0.7 s to import) loads with the compiled loops' first use, not with ``import skicon``.
 _compiled = lazy_module(__package__ + "._compiled")
 _compiled3d = lazy_module(__package__ + "._compiled3d")
 _compiled_cond = lazy_module(__package__ + "._compiled_cond")
+_grid_cpu = lazy_module(__package__ + "._grid_cpu")
 
 __all__ = [
     "joint_from_conditional",
@@ -67,162 +69,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# supervisory affinities
+# supervisory affinities: the CSR ``P`` in O(nnz) memory (:mod:`skicon.objectives._affinity`)
 # ----------------------------------------------------------------------------------------------
-def joint_from_conditional(P):
-    """Symmetrised joint distribution ``(P + P^T) / (2 n)`` of a row-stochastic sparse matrix.
-
-    Parameters
-    ----------
-    P : scipy.sparse matrix of shape (n, n)
-        Conditional distribution, rows summing to one (or zero).
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix
-        Symmetric, non-negative, summing to one over all entries (when every row had mass).
-
-    Examples
-    --------
-    >>> import scipy.sparse as sp
-    >>> joint_from_conditional(sp.csr_matrix([[0.0, 1.0], [1.0, 0.0]])).toarray()
-    array([[0. , 0.5],
-           [0.5, 0. ]])
-    """
-    P = sp.csr_matrix(P, dtype=np.float64)
-    J = (P + P.T).tocsr()
-    J.sum_duplicates()
-    total = J.sum()
-    return J / total if total > 0 else J
-
-
-class SparseAffinity:
-    """A sparse supervisory matrix held as torch edge lists (sorted by row), on a device.
-
-    Two value arrays share the edges: ``values`` weight the attraction of the gradient, and
-    ``loss_values`` weight ``log q`` in the loss. They are the same matrix for the joint form;
-    the conditional form (:meth:`conditional`) attracts with ``P + P^T`` (the gradient of the
-    mean row KL) while its loss weighs by ``P`` itself.
-
-    Parameters
-    ----------
-    P : scipy.sparse matrix of shape (n, n)
-        Attraction weights (the joint ``P``, or ``P + P^T`` of a conditional ``P``).
-    device : torch.device
-        Where the tensors live.
-    dtype : torch.dtype
-        Float dtype of the values.
-    loss : scipy.sparse matrix of shape (n, n), default=None
-        Loss weights, non-zero only where ``P`` is; ``P`` itself when None.
-
-    Examples
-    --------
-    >>> import scipy.sparse as sp, torch
-    >>> aff = SparseAffinity.conditional(sp.csr_matrix([[0.0, 1.0], [0.5, 0.5]]), "cpu", torch.float64)
-    >>> aff.values.tolist(), aff.loss_values.tolist()
-    ([1.5, 1.5, 1.0], [1.0, 0.5, 0.5])
-    """
-
-    def __init__(self, P, device, dtype, *, loss=None):
-        coo = sp.coo_matrix(P)
-        keep = coo.data > 0
-        rows, cols, vals = coo.row[keep], coo.col[keep], coo.data[keep]
-        order = np.lexsort((cols, rows))
-        rows, cols, vals = rows[order].astype(np.int64), cols[order].astype(np.int64), vals[order]
-        self.n = P.shape[0]
-        lvals = vals if loss is None else _aligned(loss, rows * self.n + cols, self.n)
-        self.rows = torch.as_tensor(rows, device=device)
-        self.cols = torch.as_tensor(cols, device=device)
-        self.values = torch.as_tensor(vals, dtype=dtype, device=device)
-        self.loss_values = self.values if loss is None else torch.as_tensor(lvals, dtype=dtype, device=device)
-        counts = np.bincount(rows, minlength=self.n)
-        # segment_reduce is much faster than index_add_ on CPU; empty rows are fine
-        self.lengths = torch.as_tensor(counts.astype(np.int64), device=device)
-        pos = lvals > 0
-        # sum l log l, the constant part of KL(p || q); l's mass per row weighs log Z_i
-        self.entropy_term = float(np.sum(lvals[pos] * np.log(lvals[pos])))
-        self.loss_mass = float(lvals.sum())
-        self.loss_row_mass = torch.as_tensor(np.bincount(rows, lvals, minlength=self.n), dtype=dtype, device=device)
-        # CSR views of the same arrays for the compiled CPU loops (rows are sorted)
-        self.csr = None
-        if torch.device(device).type == "cpu":
-            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            # int32 column indices: less memory traffic in the gather-bound attraction loop
-            self.csr = (indptr, cols.astype(np.int32), self.values.numpy())
-            self.csr_loss = self.loss_values.numpy()
-        self._source = (P, loss, device)
-
-    @classmethod
-    def conditional(cls, P, device, dtype):
-        """The affinity of the conditional form: attraction ``P + P^T``, loss weights ``P``.
-
-        Parameters
-        ----------
-        P : scipy.sparse matrix of shape (n, n)
-            Row-stochastic conditional ``p``.
-        device : torch.device
-            Where the tensors live.
-        dtype : torch.dtype
-            Float dtype.
-
-        Returns
-        -------
-        SparseAffinity
-        """
-        P = sp.csr_matrix(P)
-        return cls((P + P.T).tocsr(), device, dtype, loss=P)
-
-    def to(self, dtype):
-        """The same affinity with values in ``dtype`` (e.g. float64 for an exact final loss).
-
-        Parameters
-        ----------
-        dtype : torch.dtype
-            Float dtype.
-
-        Returns
-        -------
-        SparseAffinity
-        """
-        if dtype == self.values.dtype:
-            return self
-        P, loss, device = self._source
-        return SparseAffinity(P, device, dtype, loss=loss)
-
-    def debiased_plogp(self, alpha, n_rows, n_candidates):
-        """``sum p~ log p~`` of the debiased loss weights over ``n_rows`` rows of ``n_candidates`` each.
-
-        Parameters
-        ----------
-        alpha : float
-            Debiasing weight.
-        n_rows : int
-            1 for the joint form (one distribution over all pairs), n for the conditional form.
-        n_candidates : int
-            Candidates per row: ``n (n - 1)`` (joint) or ``n - 1`` (conditional).
-
-        Returns
-        -------
-        float
-        """
-        # built when asked for (debiasing only): a float64 copy of the edges costs 16 bytes each
-        vals = self.loss_values.double()
-        pos = vals > 0
-        rows = torch.zeros_like(self.rows[pos]) if n_rows == 1 else self.rows[pos]
-        return float(fixed_sum(debiased_plogp(vals[pos], rows, n_rows, float(n_candidates), alpha)))
-
-
-def _aligned(loss, keys, n):
-    """Values of the sparse ``loss`` at the sorted edge keys ``row * n + col`` (zero elsewhere)."""
-    coo = sp.coo_matrix(loss)
-    keep = coo.data > 0
-    lkeys = coo.row[keep].astype(np.int64) * n + coo.col[keep]
-    at = np.searchsorted(keys, lkeys)
-    if np.any(at >= len(keys)) or np.any(keys[np.minimum(at, len(keys) - 1)] != lkeys):
-        raise ValueError("the loss weights must be non-zero only on the edges of the attraction matrix.")
-    out = np.zeros(len(keys))
-    np.add.at(out, at, coo.data[keep])
-    return out
+from ._affinity import SparseAffinity, joint_from_conditional  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,6 +217,47 @@ class _GridPlan:
         edges = fixed_sum(power[..., 0]) + fixed_sum(power[..., G])
         return (2.0 * inner + edges) / (2 * G) ** self.dim
 
+    def field_fft(self, fn, device, dtype):
+        """FFTs of the odd kernels ``fn(|r|^2) r_a``, one per axis a: (dim, 2G, ..., G + 1), complex (cached)."""
+        key = ("field", fn, self.n_grid, self.spacing, self.dim, str(device), dtype)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        G = self.n_grid
+        k = torch.arange(2 * G, device=device, dtype=dtype)
+        # the circulant embedding as in kernel_fft; the unused offset G gets 0 (the kernel is odd)
+        off = torch.where(k < G, k, k - 2 * G) * self.spacing
+        off = torch.where(k == G, torch.zeros_like(off), off)
+        if self.dim == 1:
+            out = torch.fft.rfft((fn(off * off) * off)[None], dim=-1)
+        else:
+            r2 = off[:, None] ** 2 + off[None, :] ** 2
+            f = fn(r2)
+            out = torch.fft.rfft2(torch.stack([f * off[:, None], f * off[None, :]]))
+        if len(self.cache) > 64:
+            self.cache.clear()
+        self.cache[key] = out
+        return out
+
+    def field(self, spectrum, fn):
+        """``sum_j fn(|y_i - y_j|^2) (y_i - y_j)`` for every point i, from a one-channel charge spectrum: (n, dim).
+
+        One charge channel (the points' unit charges) convolved with the ``dim`` odd kernels
+        ``fn(|r|^2) r_a``, instead of the ``dim + 1`` channels ``[1, y]`` under ``fn`` whose
+        potentials combine to the same sum: half the FFTs. A point's interpolated interaction
+        with itself is ``w^T D w`` for an antisymmetric stencil matrix ``D``, exactly zero, as
+        the self pair's own term is.
+        """
+        G = self.n_grid
+        kf = self.field_fft(fn, spectrum.device, spectrum.real.dtype)
+        prod = spectrum * kf  # (1, ...) * (dim, ...)
+        if self.dim == 1:
+            pot = torch.fft.irfft(prod, n=2 * G)[:, :G]
+        else:
+            rows = torch.fft.ifft(prod, dim=1)[:, :G]
+            pot = torch.fft.irfft(rows, n=2 * G, dim=2)[:, :, :G]
+        return self.gather(pot.reshape(self.dim, -1), self.index, self.weights)
+
     def potentials(self, fn, charges):
         """Kernel potentials of the charges on every grid node: (c, G**dim)."""
         return self.convolve(self.charge_spectrum(charges), fn)
@@ -430,6 +320,19 @@ def _interpolation(Y, lo, spacing, G, n_nodes):
     return index, (wx[:, :, None] * wy[:, None, :]).reshape(n, -1)
 
 
+def _grid_size(m):
+    """The grid size used for ``m`` nodes: the next FFT-friendly size on a ladder of ratio 1.0625.
+
+    The span of an embedding grows a little at each iteration; sizes on a fixed ladder let
+    consecutive iterations share one geometry, hence one cached kernel transform (computing it
+    costs about as much as the iteration's own transforms), for at most 6 % more nodes per axis.
+    """
+    if m <= 32:
+        return _next_smooth(m)
+    rung = math.ceil(math.log(m / 32.0) / math.log(1.0625) - 1e-9)
+    return _next_smooth(max(m, math.ceil(32.0 * 1.0625**rung)))
+
+
 def _next_smooth(m):
     """Smallest integer >= m whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
     while True:
@@ -484,6 +387,37 @@ def grid_plan(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_i
     >>> plan.dim, plan.n_grid >= 50
     (2, True)
     """
+    lo, spacing, G, n_nodes = grid_geometry(Y, n_nodes=n_nodes, min_intervals=min_intervals,
+                                            interval_width=interval_width, max_intervals=max_intervals)
+    index, weights = _interpolation(Y, lo, spacing, G, n_nodes)
+    plan = _GridPlan(index, weights, G, spacing, Y.shape[1], cache)
+    plan.lo, plan.n_nodes = lo, n_nodes
+    return plan
+
+
+def grid_geometry(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_intervals=None, **_):
+    """The grid :func:`grid_plan` lays over ``Y``: ``(origin, node spacing, nodes per axis, stencil nodes)``.
+
+    Parameters
+    ----------
+    Y : torch.Tensor of shape (n, d), d in {1, 2}
+        Embedding.
+    n_nodes, min_intervals, interval_width, max_intervals : see :func:`grid_plan`.
+
+    Returns
+    -------
+    lo : torch.Tensor of shape (d,)
+    spacing : float
+    n_grid : int
+    n_nodes : int
+
+    Examples
+    --------
+    >>> import torch
+    >>> lo, spacing, G, p = grid_geometry(torch.tensor([[0.0, 0.0], [3.0, 1.0]]))
+    >>> G >= 150, p
+    (True, 3)
+    """
     n, dim = Y.shape
     if dim not in (1, 2):
         raise ValueError(f"the FFT repulsion supports 1-D and 2-D embeddings, got {dim}-D.")
@@ -503,15 +437,15 @@ def grid_plan(Y, *, n_nodes=None, min_intervals=None, interval_width=None, max_i
     spacing = h / n_nodes
     G = math.ceil(span / spacing) + n_nodes + 2  # room for the stencils at both ends
     if G > max_intervals * n_nodes:
-        G = max_intervals * n_nodes
-        spacing = span / (G - n_nodes - 2)
-    G = _next_smooth(G)
+        # wider spacing, snapped up to a power of 2**(1/8) (a continuous one would change, and
+        # miss the cache of kernel transforms, at every iteration)
+        need = span / (max_intervals * n_nodes - n_nodes - 2)
+        spacing = 2.0 ** (math.ceil(8.0 * math.log2(need)) / 8.0)
+        G = math.ceil(span / spacing) + n_nodes + 2
+    G = _grid_size(G)
     # centre the grid on the data
     lo = (lo + hi) / 2.0 - (G - 1) * spacing / 2.0
-    index, weights = _interpolation(Y, lo, spacing, G, n_nodes)
-    plan = _GridPlan(index, weights, G, spacing, dim, cache)
-    plan.lo, plan.n_nodes = lo, n_nodes
-    return plan
+    return lo, spacing, G, n_nodes
 
 
 def fft_kernel_sums(Y, fn, charges, **grid_kwargs):
@@ -728,6 +662,28 @@ def engine_dtype(kernel, device, n_components, method):
     return torch.float64
 
 
+def _cpu_kernel(grid, fn):
+    """Transform (2G, G + 1) and stencil matrix (nodes**2, nodes**2) of kernel ``fn`` on a :class:`CpuGrid` (cached)."""
+    key = ("cpu", fn, grid.G, grid.spacing, grid.p, grid.dtype.str)
+    hit = grid.cache.get(key)
+    if hit is not None:
+        return hit
+    G, h, p = grid.G, grid.spacing, grid.p
+    k = np.arange(2 * G, dtype=np.float64)
+    # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1, as _GridPlan.kernel_fft
+    off = np.where(k <= G, k, k - 2 * G) * h
+    values = fn(torch.from_numpy(off[:, None] ** 2 + off[None, :] ** 2)).numpy()
+    kf = scipy.fft.rfft2(values).real.astype(grid.dtype)
+    ar = np.arange(p, dtype=np.float64)
+    ox = (ar[:, None, None, None] - ar[None, None, :, None]) * h
+    oy = (ar[None, :, None, None] - ar[None, None, None, :]) * h
+    stencil = fn(torch.from_numpy((ox**2 + oy**2).reshape(p * p, p * p))).numpy().astype(grid.dtype)
+    if len(grid.cache) > 64:  # the grid grows during optimisation; keep memory bounded
+        grid.cache.clear()
+    grid.cache[key] = (kf, stencil)
+    return kf, stencil
+
+
 def _is_cauchy(kernel):
     """The Student-t kernel with one degree of freedom, which has a cheaper exact torch path."""
     profile = kernel.compiled_profile()
@@ -791,8 +747,37 @@ class _Repulsion:
         self.YC = torch.cat([self.one, Y], dim=1)
         zero = torch.zeros(1, device=Y.device, dtype=Y.dtype)
         self.w0, self.lw0 = float(kernel.weight(zero)), float(kernel.log_weight(zero))
-        self.plan = grid_plan(Y, **(grid_kwargs or {})) if method == "fft" else None
+        self.grid_kwargs = grid_kwargs or {}
+        self.cpu_grid = None
+        if method == "fft" and Y.shape[1] == 2 and compiled_kernels_apply(Y.device, 2) and _grid_cpu.available():
+            self._plan = None  # the torch grid, built only if a torch-grid sum is asked for
+            lo, spacing, G, p = grid_geometry(Y, **self.grid_kwargs)
+            self.cpu_grid = _grid_cpu.CpuGrid(Y.detach().numpy(), lo.numpy(), spacing, G, p,
+                                              self.grid_kwargs.setdefault("cache", {}))
+        else:
+            self._plan = grid_plan(Y, **self.grid_kwargs) if method == "fft" else None
         self.profile = _use_compiled(Y, kernel) if method == "exact" else None
+
+    @property
+    def plan(self):
+        """The torch grid (:class:`_GridPlan`) of ``method="fft"``."""
+        if self._plan is None and self.method == "fft":
+            self._plan = grid_plan(self.Y, **self.grid_kwargs)
+        return self._plan
+
+    def _cpu_joint(self):
+        """``(sum_{i != j} w_ij, sum_j w_ij g_ij (y_i - y_j))`` on the compiled CPU grid."""
+        grid, k, n = self.cpu_grid, self.kernel, self.Y.shape[0]
+        kf_w, K_w = _cpu_kernel(grid, k.weight)
+        kf_wg, _ = _cpu_kernel(grid, k.weight_slope)
+        spec = grid.spectrum(self.YC.detach().numpy())  # one charge spectrum [1, y] serves both kernels
+        S_wg, self_w = grid.gather(grid.potentials(spec, kf_wg), K_w[None])
+        # the interpolated self pairs replaced by the exact ones (cf. _GridPlan.self_error): in
+        # sum w; in the repulsion the self pair's terms y_i * s_i - s_i * y_i cancel anyway
+        S_w = grid.total(spec, kf_w) - float(np.sum(self_w[0], dtype=np.float64))
+        S_wg = torch.from_numpy(S_wg)
+        rep = self.Y * S_wg[:, :1] - S_wg[:, 1:]
+        return torch.tensor(S_w, dtype=self.Y.dtype), rep
 
     def sums(self, fn, c):
         """``sum_j fn(d2_ij) c_j`` with the self pair included."""
@@ -826,6 +811,9 @@ class _Repulsion:
         if self.method == "exact" and _is_cauchy(k):
             S_w, S_wg = _exact_cauchy_sums(Y, self.YC)
             S_w = fixed_sum(S_w - self.w0)
+        elif self.cpu_grid is not None:
+            S_w, rep = self._cpu_joint()
+            return S_w, rep, self.pull() if want_slope else None, self.logw() if want_logw else None
         elif self.method == "fft":
             plan = self.plan
             spec = plan.charge_spectrum(self.YC)  # one charge spectrum [1, y] serves both kernels
@@ -1039,6 +1027,25 @@ class EngineObjective:
         if self.engine.get("method") == "fft":
             self.engine["grid_kwargs"] = dict(self.engine.get("grid_kwargs") or {}, cache={})
         self.trainer = None
+
+    def torch_glue_only(self, module):
+        """Whether torch does only O(n) glue in this fit, the sums running in compiled loops on their own threads.
+
+        True for a table on CPU whose kernel has a compiled twin, with the exact repulsion or the
+        joint form's compiled FFT grid in 2-D: the :class:`~skicon._training.Trainer` then keeps
+        torch on one thread, since torch's idle OpenMP workers spinning after each small op
+        slowed the compiled loops' and the FFT's threads (MNIST-1D 20k: 17.0-21.7 s per fit
+        with two torch threads, 11.8-14.7 s with one).
+        """
+        if self.inputs is not None or module.weight.device.type != "cpu":
+            return False
+        Y, method = module.weight, self.engine.get("method", "fft")
+        if _use_compiled(Y, self.kernel) is None:
+            return False
+        if method == "exact":
+            return True
+        joint = self.engine.get("normalization", "joint") == "joint"
+        return method == "fft" and Y.shape[1] == 2 and joint and _grid_cpu.available()
 
     def embedding(self, module):
         """The embedding the module gives (with an autograd graph for a parametric mapper)."""

@@ -1,0 +1,219 @@
+"""Exact Euclidean k-nearest-neighbour search: float32 matrix products, a compiled top-k, a proof.
+
+The search of :func:`skicon.neighbors.knn_graph` (``method="exact"``) and of
+:func:`skicon.neighbors.query_neighbors`. Three steps:
+
+1. **Shortlist.** Blocks of ``-2 a.b`` come from float32 matrix products (BLAS), and a compiled
+   loop keeps, per query row, the ``w = k + slack`` smallest values of ``|b|^2 - 2 a.b`` in a
+   max-heap. Most entries are rejected by one comparison with the heap's root, so the pass costs
+   about one comparison per pair; nothing of size ``n x m`` is ever held (one block of
+   ``ROWS x COLS`` float32 values).
+2. **Exact distances.** The shortlist is re-ranked with float64 distances summed elementwise in
+   a fixed order (:func:`skicon.objectives._compiled.pair_distances`), sorted by
+   ``(distance, index)``.
+3. **Proof.** The float32 values carry a rounding error below a bound ``e_i`` per row (casting,
+   the dot product's ``gamma_d |a| |b|``, the final subtraction). Every point left out of row
+   ``i``'s shortlist has a float32 value at least the heap's root ``h_i``, so an exact squared
+   distance at least ``h_i + |a_i|^2 - e_i``. When that is strictly above the ``k``-th exact
+   distance of the shortlist, the shortlist provably holds the true ``k`` nearest, ties
+   included. Rows where it fails (many equidistant points, duplicates) are searched again with
+   a four times longer shortlist, until the proof holds or the shortlist is the whole set.
+
+So the result is the exact one, and it is the same whatever the number of BLAS threads, which
+can change the float32 values but not which points pass the proof. The data are centred (the
+distances do not change) and scaled by a power of two (exact) before the float32 cast, so that
+``|a| |b|`` is as small as it can be and nothing overflows.
+
+Measured against the float64 BLAS search with ``argpartition`` that it replaces
+(``benchmarks/bench_knn.py``): see the performance guide.
+"""
+
+import numpy as np
+
+from .objectives._compiled import _blocks, _n_blocks, _run, available, pair_distances
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
+    njit = None
+
+__all__ = ["euclidean_search"]
+
+#: Query rows per block of the float32 products.
+ROWS = 512
+#: Reference rows per block: ``ROWS x COLS`` float32 values (8 MiB) per product.
+COLS = 4096
+
+_U32 = 2.0**-24  # unit roundoff of float32
+
+
+if njit is not None:
+
+    @njit(nogil=True, cache=True)
+    def _sift(heap_v, heap_i, i, v, j):  # pragma: no cover - compiled
+        # replace the root of row i's max-heap by (v, j) and restore the heap
+        w = heap_v.shape[1]
+        pos = 0
+        while True:
+            left = 2 * pos + 1
+            if left >= w:
+                break
+            big = left
+            if left + 1 < w and heap_v[i, left + 1] > heap_v[i, left]:
+                big = left + 1
+            if heap_v[i, big] <= v:
+                break
+            heap_v[i, pos] = heap_v[i, big]
+            heap_i[i, pos] = heap_i[i, big]
+            pos = big
+        heap_v[i, pos] = v
+        heap_i[i, pos] = j
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _push(G, sqB, col0, heap_v, heap_i, lo, hi):  # pragma: no cover - compiled
+        # values v = |b|^2 - 2 a.b of rows lo..hi of the block G = A_blk @ B_blk.T, kept in a
+        # max-heap of size w per row (root at 0). A vectorised minimum over 32 columns at a
+        # time skips the (usual) spans where no value beats the root.
+        m = G.shape[1]
+        span = 32
+        for i in range(lo, hi):
+            top = heap_v[i, 0]
+            for c0 in range(0, m, span):
+                c1 = min(c0 + span, m)
+                low = np.float32(np.inf)
+                for c in range(c0, c1):
+                    low = min(low, sqB[col0 + c] - np.float32(2.0) * G[i, c])
+                if low < top:
+                    for c in range(c0, c1):
+                        v = sqB[col0 + c] - np.float32(2.0) * G[i, c]
+                        if v < top:
+                            _sift(heap_v, heap_i, i, v, col0 + c)
+                            top = heap_v[i, 0]
+
+
+def _push_numpy(G, sqB, col0, heap_v, heap_i, lo, hi):  # pragma: no cover - numba is a dependency
+    w = heap_v.shape[1]
+    for i in range(lo, hi):
+        v = np.concatenate([heap_v[i], sqB[col0 : col0 + G.shape[1]] - 2.0 * G[i]])
+        j = np.concatenate([heap_i[i], np.arange(col0, col0 + G.shape[1])])
+        keep = np.argpartition(v, w - 1)[:w]
+        order = np.argsort(-v[keep], kind="stable")  # root (largest) first, as the heap has it
+        heap_v[i], heap_i[i] = v[keep][order], j[keep][order]
+
+
+def _shortlist(A32, B32, sqB32, w):
+    """Per row of ``A32``: the ``w`` smallest ``|b|^2 - 2 a.b`` (any order, root = largest first).
+
+    The threads of the active limit each take whole row blocks, product and selection both, with
+    BLAS on one thread: a multi-threaded product followed by a parallel selection leaves BLAS's
+    workers spinning on the cores the selection needs.
+    """
+    from ._threads import _controller
+
+    n, m = A32.shape[0], B32.shape[0]
+    heap_v = np.full((n, w), np.inf, dtype=np.float32)
+    heap_i = np.full((n, w), -1, dtype=np.int64)
+    push = _push if njit is not None else _push_numpy
+    starts = np.arange(0, n, ROWS)
+
+    def work(first, stop):
+        for r0 in starts[first:stop]:
+            a = A32[r0 : r0 + ROWS]
+            hv, hi = heap_v[r0 : r0 + ROWS], heap_i[r0 : r0 + ROWS]
+            for c0 in range(0, m, COLS):
+                push(a @ B32[c0 : c0 + COLS].T, sqB32, c0, hv, hi, 0, a.shape[0])
+
+    blocks = np.arange(len(starts) + 1, dtype=np.int64)
+    ranges = _blocks(blocks, min(len(starts), _n_blocks(float(n) * m * 4)))
+    if len(ranges) == 1:
+        work(0, len(starts))
+    else:
+        pools = _controller().limit(limits=1, user_api="blas")
+        try:
+            _run(work, lambda r: r, ranges)
+        finally:
+            pools.restore_original_limits()
+    return heap_v, heap_i
+
+
+def _rerank(A, B, cand, k):
+    """Exact float64 distances of the candidates, the ``k`` nearest by (distance, index).
+
+    Sorted by the distance itself (not its square), as :func:`skicon.neighbors.query_neighbors`
+    sorts: squares a rounding apart can share one square root, and then the index decides.
+    """
+    exact = np.sqrt(pair_distances(A, B, cand))
+    order = np.lexsort((cand, exact), axis=1)[:, :k]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
+
+
+def euclidean_search(A, B, k, slack=16):
+    """The ``k`` nearest rows of ``B`` for each row of ``A``: exact, ties broken by index.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n, d)
+        Query rows (float64).
+    B : ndarray of shape (m, d)
+        Reference rows (float64).
+    k : int
+        Neighbours per query, at most ``m``.
+    slack : int, default=16
+        Extra candidates in the first shortlist.
+
+    Returns
+    -------
+    indices : ndarray of shape (n, k), int64
+    distances : ndarray of shape (n, k), float64
+        Euclidean distances, nearest first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> idx, dist = euclidean_search(np.array([[0.0], [2.9]]), np.array([[0.0], [1.0], [3.0]]), 2)
+    >>> idx.tolist(), dist.round(1).tolist()
+    ([[0, 1], [2, 1]], [[0.0, 1.0], [0.1, 1.9]])
+    """
+    same = A is B
+    B = np.ascontiguousarray(B, dtype=np.float64)
+    A = B if same else np.ascontiguousarray(A, dtype=np.float64)
+    n, m, d = A.shape[0], B.shape[0], B.shape[1]
+    k = min(int(k), m)
+    if n == 0 or k == 0:
+        return np.empty((n, k), dtype=np.int64), np.empty((n, k))
+    # centre and scale by a power of two: the distances keep their order (and the float64
+    # re-ranking uses A and B themselves), the float32 values their accuracy
+    mu = B.mean(axis=0)
+    Bc = B - mu
+    Ac = Bc if same else A - mu  # a search of B among itself holds one copy
+    peak = max(float(np.abs(Ac).max()), float(np.abs(Bc).max()))
+    scale = 2.0 ** -np.frexp(peak)[1] if peak > 0 else 1.0
+    Bc *= scale
+    if not same:
+        Ac *= scale
+    B32 = Bc.astype(np.float32)
+    A32 = B32 if same else Ac.astype(np.float32)
+    sqB = np.einsum("ij,ij->i", B32.astype(np.float64), B32.astype(np.float64))
+    sqA = np.einsum("ij,ij->i", Ac, Ac)
+    # bound on |float32 value - exact value| per row, in the scaled frame (see the module docstring)
+    normA, maxB = np.sqrt(sqA), float(np.sqrt(np.einsum("ij,ij->i", Bc, Bc).max()))
+    err = (2.0 * d + 16.0) * _U32 / max(1.0 - d * _U32, 0.5) * (normA + maxB) ** 2 + 1e-30
+    sqB32 = sqB.astype(np.float32)
+    indices = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k))
+    todo = np.arange(n)
+    w = min(m, k + slack)
+    while todo.size:
+        if w >= m:  # the whole reference set: nothing to prove
+            cand = np.broadcast_to(np.arange(m), (todo.size, m))
+            indices[todo], dist[todo] = _rerank(A[todo], B, cand, k)
+            break
+        heap_v, heap_i = _shortlist(A32[todo], B32, sqB32, w)
+        idx, dd = _rerank(A[todo], B, heap_i, k)
+        indices[todo], dist[todo] = idx, dd
+        # every point outside the shortlist lies at a squared distance >= root + |a|^2 - err; the
+        # relative 1e-12 keeps it from sharing the k-th distance's square root (a tie by index)
+        floor = (heap_v[:, 0].astype(np.float64) + sqA[todo] - err[todo]) / (scale * scale)
+        todo = todo[~(floor > dd[:, k - 1] ** 2 * (1.0 + 1e-12))]
+        w = min(m, 4 * w)
+    return indices, dist

@@ -1,0 +1,265 @@
+"""The sparse supervisory ``P`` of the neighbour-embedding engine, held in O(nnz) memory.
+
+:class:`SparseAffinity` keeps what the attraction needs and nothing more: the CSR arrays of ``P``
+(``indptr``, int32 column indices, values in the engine's dtype), which is all the compiled CPU
+loops of :mod:`skicon.objectives._compiled` read. The int64 edge lists ``rows`` / ``cols`` of the
+torch code (CUDA, kernels without a compiled twin, more than three components) are built on first
+use only: at a million points with ``perplexity=30`` they would be 16 bytes per edge, about 2 GiB.
+:func:`joint_from_conditional` symmetrises a conditional ``P`` without a second copy of the result.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..kernels._transforms import debiased_plogp
+
+#: Edges handled per step of the float64 reductions and of the alignment of the loss weights,
+#: so that their temporaries stay a few tens of MiB at any nnz.
+_CHUNK = 1 << 22
+
+
+def joint_from_conditional(P):
+    """Symmetrised joint distribution ``(P + P^T) / (2 n)`` of a row-stochastic sparse matrix.
+
+    Parameters
+    ----------
+    P : scipy.sparse matrix of shape (n, n)
+        Conditional distribution, rows summing to one (or zero).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Symmetric, non-negative, summing to one over all entries (when every row had mass).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> joint_from_conditional(sp.csr_matrix([[0.0, 1.0], [1.0, 0.0]])).toarray()
+    array([[0. , 0.5],
+           [0.5, 0. ]])
+    """
+    P = sp.csr_matrix(P, dtype=np.float64)  # no copy of a float64 CSR matrix
+    J = (P + P.T).tocsr()  # scipy's sum of canonical matrices is canonical (sorted, no duplicates)
+    J.sum_duplicates()
+    total = J.sum()
+    if total > 0:
+        J.data /= total  # in place: ``J / total`` would hold a second copy at the peak
+    return J
+
+
+def _positive_csr(P):
+    """``P`` as canonical CSR (sorted columns, no duplicates) with only its positive entries.
+
+    Copies only what is not already so: the kNN graphs' matrices pass through unchanged.
+    """
+    P = P if sp.isspmatrix_csr(P) or isinstance(P, sp.csr_array) else sp.csr_matrix(P)
+    if not P.has_canonical_format:
+        P = P.copy()
+        P.sum_duplicates()  # sorts the columns too
+    positive = P.data > 0  # False for NaN too
+    if not positive.all():
+        P = P.copy()
+        P.data[~positive] = 0.0
+        P.eliminate_zeros()
+    return P
+
+
+def _row_sums(values, indptr):
+    """Float64 sum of each CSR row's ``values`` (empty rows give 0)."""
+    counts = np.diff(indptr)
+    out = np.zeros(len(counts))
+    nonempty = counts > 0
+    if nonempty.any():  # each non-empty row's segment ends where the next non-empty one starts
+        out[nonempty] = np.add.reduceat(np.asarray(values, dtype=np.float64), indptr[:-1][nonempty])
+    return out
+
+
+def _aligned(loss, A):
+    """Values of the sparse ``loss`` on the edges of the canonical CSR ``A`` (zero elsewhere).
+
+    Both matrices are canonical, so each row's columns are sorted: the loss edges are located
+    by a search over keys ``row * n + col`` built for one block of rows at a time.
+    """
+    L = _positive_csr(loss)
+    if L.shape != A.shape:
+        raise ValueError(f"the loss weights must have the shape of the attraction matrix {A.shape}, got {L.shape}.")
+    n = A.shape[0]
+    out = np.zeros(A.nnz)
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(A.indptr, A.indptr[start] + _CHUNK, side="right")) - 1
+        stop = min(n, max(stop, start + 1))
+        a0, a1, l0, l1 = A.indptr[start], A.indptr[stop], L.indptr[start], L.indptr[stop]
+        block = np.arange(start, stop, dtype=np.int64)
+        akeys = np.repeat(block, np.diff(A.indptr[start : stop + 1])) * n + A.indices[a0:a1]
+        lkeys = np.repeat(block, np.diff(L.indptr[start : stop + 1])) * n + L.indices[l0:l1]
+        at = np.searchsorted(akeys, lkeys)
+        if np.any(at >= len(akeys)) or np.any(akeys[np.minimum(at, max(len(akeys) - 1, 0))] != lkeys):
+            raise ValueError("the loss weights must be non-zero only on the edges of the attraction matrix.")
+        out[a0 + at] = L.data[l0:l1]
+        start = stop
+    return out
+
+
+def _plogp_and_mass(values):
+    """``sum v log v`` over the positive ``values`` and ``sum v``, in float64, chunk by chunk."""
+    plogp = mass = 0.0
+    for s in range(0, len(values), _CHUNK):
+        v = np.asarray(values[s : s + _CHUNK], dtype=np.float64)
+        v = v[v > 0]
+        plogp += float((v * np.log(v)).sum())  # not np.dot: BLAS splits a dot product by thread
+        mass += float(v.sum())
+    return plogp, mass
+
+
+class SparseAffinity:
+    """A sparse supervisory matrix held as CSR arrays (rows sorted), on a device.
+
+    Two value arrays share the edges: ``values`` weight the attraction of the gradient, and
+    ``loss_values`` weight ``log q`` in the loss. They are the same matrix for the joint form;
+    the conditional form (:meth:`conditional`) attracts with ``P + P^T`` (the gradient of the
+    mean row KL) while its loss weighs by ``P`` itself.
+
+    Memory is O(nnz): on the CPU, 4 bytes per edge for the int32 column indices (shared with
+    ``P`` when its indices are int32) and 4 or 8 per value array, plus O(n). The int64 edge
+    lists ``rows`` and ``cols`` that the torch code of the engine gathers with are built when
+    first asked for, and kept from then on.
+
+    Parameters
+    ----------
+    P : scipy.sparse matrix of shape (n, n)
+        Attraction weights (the joint ``P``, or ``P + P^T`` of a conditional ``P``); entries
+        that are not positive are dropped.
+    device : torch.device
+        Where the tensors live.
+    dtype : torch.dtype
+        Float dtype of the values.
+    loss : scipy.sparse matrix of shape (n, n), default=None
+        Loss weights, non-zero only where ``P`` is; ``P`` itself when None.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp, torch
+    >>> aff = SparseAffinity.conditional(sp.csr_matrix([[0.0, 1.0], [0.5, 0.5]]), "cpu", torch.float64)
+    >>> aff.values.tolist(), aff.loss_values.tolist()
+    ([1.5, 1.5, 1.0], [1.0, 0.5, 0.5])
+    >>> aff.rows.tolist(), aff.cols.tolist()  # built on first use
+    ([0, 1, 1], [1, 0, 1])
+    """
+
+    def __init__(self, P, device, dtype, *, loss=None):
+        source = P
+        P = _positive_csr(P)
+        self.n = P.shape[0]
+        self.device = torch.device(device)
+        counts = np.diff(P.indptr).astype(np.int64)
+        self.indptr = P.indptr.astype(np.int64)
+        # int32 column indices: less memory traffic in the gather-bound attraction loop
+        self.indices = P.indices.astype(np.int32, copy=False)
+        # a copy (never a view of P's data, which the caller may hold and change)
+        self.values = torch.tensor(P.data, dtype=dtype, device=self.device)
+        lvals = P.data if loss is None else _aligned(loss, P)
+        self.loss_values = self.values if loss is None else torch.tensor(lvals, dtype=dtype, device=self.device)
+        # segment_reduce is much faster than index_add_ on CPU; empty rows are fine
+        self.lengths = torch.as_tensor(counts, device=self.device)
+        # sum l log l, the constant part of KL(p || q); l's mass per row weighs log Z_i
+        self.entropy_term, self.loss_mass = _plogp_and_mass(lvals)
+        self.loss_row_mass = torch.as_tensor(_row_sums(lvals, P.indptr), dtype=dtype, device=self.device)
+        # CSR views of the same arrays for the compiled CPU loops
+        self.csr = None
+        if self.device.type == "cpu":
+            self.csr = (self.indptr, self.indices, self.values.numpy())
+            self.csr_loss = self.loss_values.numpy()
+        self._rows = self._cols = None
+        self._source = (source, loss)
+
+    @property
+    def rows(self):
+        """Row of each edge (int64 tensor on the device), built on first use and kept."""
+        if self._rows is None:
+            self._rows = self._edge_rows()
+        return self._rows
+
+    @property
+    def cols(self):
+        """Column of each edge (int64 tensor on the device), built on first use and kept."""
+        if self._cols is None:
+            self._cols = torch.as_tensor(self.indices, device=self.device).long()
+        return self._cols
+
+    @property
+    def has_edge_lists(self):
+        """Whether the int64 ``rows`` / ``cols`` tensors have been built."""
+        return self._rows is not None or self._cols is not None
+
+    def _edge_rows(self):
+        return torch.repeat_interleave(torch.arange(self.n, device=self.device), self.lengths)
+
+    @classmethod
+    def conditional(cls, P, device, dtype):
+        """The affinity of the conditional form: attraction ``P + P^T``, loss weights ``P``.
+
+        Parameters
+        ----------
+        P : scipy.sparse matrix of shape (n, n)
+            Row-stochastic conditional ``p``.
+        device : torch.device
+            Where the tensors live.
+        dtype : torch.dtype
+            Float dtype.
+
+        Returns
+        -------
+        SparseAffinity
+        """
+        P = sp.csr_matrix(P)
+        aff = cls((P + P.T).tocsr(), device, dtype, loss=P)
+        aff._source = (None, P)  # rebuilt from P by :meth:`to`; P + P^T is not kept
+        return aff
+
+    def to(self, dtype):
+        """The same affinity with values in ``dtype`` (e.g. float64 for an exact final loss).
+
+        Parameters
+        ----------
+        dtype : torch.dtype
+            Float dtype.
+
+        Returns
+        -------
+        SparseAffinity
+        """
+        if dtype == self.values.dtype:
+            return self
+        P, loss = self._source
+        if P is None:
+            return SparseAffinity.conditional(loss, self.device, dtype)
+        return SparseAffinity(P, self.device, dtype, loss=loss)
+
+    def debiased_plogp(self, alpha, n_rows, n_candidates):
+        """``sum p~ log p~`` of the debiased loss weights over ``n_rows`` rows of ``n_candidates`` each.
+
+        Parameters
+        ----------
+        alpha : float
+            Debiasing weight.
+        n_rows : int
+            1 for the joint form (one distribution over all pairs), n for the conditional form.
+        n_candidates : int
+            Candidates per row: ``n (n - 1)`` (joint) or ``n - 1`` (conditional).
+
+        Returns
+        -------
+        float
+        """
+        from ._pairwise import fixed_sum
+
+        # built when asked for (debiasing only): a float64 copy of the edges costs 16 bytes each
+        vals = self.loss_values.double()
+        pos = vals > 0
+        if n_rows == 1:
+            rows = torch.zeros(int(pos.sum()), dtype=torch.int64, device=vals.device)
+        else:  # not kept: the compiled loops never need the int64 rows
+            rows = (self.rows if self._rows is not None else self._edge_rows())[pos]
+        return float(fixed_sum(debiased_plogp(vals[pos], rows, n_rows, float(n_candidates), alpha)))
