@@ -30,7 +30,7 @@ Measured against the float64 BLAS search with ``argpartition`` that it replaces
 
 import numpy as np
 
-from .objectives._compiled import _blocks, _n_blocks, _run, available, pair_distances
+from .objectives._compiled import _blocks, _n_blocks, _run, pair_distances
 
 try:
     from numba import njit

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.fft
 
 from .._threads import current_threads
-from ._compiled import _blocks, _n_blocks, _run
+from ._compiled import _blocks, _n_blocks, _run, available  # available: whether numba is importable
 
 try:
     from numba import njit
@@ -32,21 +32,6 @@ except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard d
     njit = None
 
 __all__ = ["available", "CpuGrid"]
-
-
-def available():
-    """Whether the compiled grid can be used (numba is importable).
-
-    Returns
-    -------
-    bool
-
-    Examples
-    --------
-    >>> isinstance(available(), bool)
-    True
-    """
-    return njit is not None
 
 
 if njit is not None:
