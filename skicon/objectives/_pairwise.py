@@ -217,47 +217,6 @@ class _GridPlan:
         edges = fixed_sum(power[..., 0]) + fixed_sum(power[..., G])
         return (2.0 * inner + edges) / (2 * G) ** self.dim
 
-    def field_fft(self, fn, device, dtype):
-        """FFTs of the odd kernels ``fn(|r|^2) r_a``, one per axis a: (dim, 2G, ..., G + 1), complex (cached)."""
-        key = ("field", fn, self.n_grid, self.spacing, self.dim, str(device), dtype)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        G = self.n_grid
-        k = torch.arange(2 * G, device=device, dtype=dtype)
-        # the circulant embedding as in kernel_fft; the unused offset G gets 0 (the kernel is odd)
-        off = torch.where(k < G, k, k - 2 * G) * self.spacing
-        off = torch.where(k == G, torch.zeros_like(off), off)
-        if self.dim == 1:
-            out = torch.fft.rfft((fn(off * off) * off)[None], dim=-1)
-        else:
-            r2 = off[:, None] ** 2 + off[None, :] ** 2
-            f = fn(r2)
-            out = torch.fft.rfft2(torch.stack([f * off[:, None], f * off[None, :]]))
-        if len(self.cache) > 64:
-            self.cache.clear()
-        self.cache[key] = out
-        return out
-
-    def field(self, spectrum, fn):
-        """``sum_j fn(|y_i - y_j|^2) (y_i - y_j)`` for every point i, from a one-channel charge spectrum: (n, dim).
-
-        One charge channel (the points' unit charges) convolved with the ``dim`` odd kernels
-        ``fn(|r|^2) r_a``, instead of the ``dim + 1`` channels ``[1, y]`` under ``fn`` whose
-        potentials combine to the same sum: half the FFTs. A point's interpolated interaction
-        with itself is ``w^T D w`` for an antisymmetric stencil matrix ``D``, exactly zero, as
-        the self pair's own term is.
-        """
-        G = self.n_grid
-        kf = self.field_fft(fn, spectrum.device, spectrum.real.dtype)
-        prod = spectrum * kf  # (1, ...) * (dim, ...)
-        if self.dim == 1:
-            pot = torch.fft.irfft(prod, n=2 * G)[:, :G]
-        else:
-            rows = torch.fft.ifft(prod, dim=1)[:, :G]
-            pot = torch.fft.irfft(rows, n=2 * G, dim=2)[:, :, :G]
-        return self.gather(pot.reshape(self.dim, -1), self.index, self.weights)
-
     def potentials(self, fn, charges):
         """Kernel potentials of the charges on every grid node: (c, G**dim)."""
         return self.convolve(self.charge_spectrum(charges), fn)
