@@ -146,6 +146,26 @@ def _lagrange(t, n_nodes):
     return torch.stack(cols, dim=1)
 
 
+def _circulant_sq(G, spacing, dim, device, dtype):
+    """Squared offsets of the circulant embedding of a grid kernel: (2G,) or (2G, 2G).
+
+    Offsets 0..G-1, (unused) G, then -(G-1)..-1 node spacings along each axis.
+    """
+    k = torch.arange(2 * G, device=device, dtype=dtype)
+    off = torch.where(k <= G, k, k - 2 * G) * spacing
+    return off * off if dim == 1 else off[:, None] ** 2 + off[None, :] ** 2
+
+
+def _stencil_sq(p, spacing, dim, device, dtype):
+    """Squared distances between the nodes of one point's stencil: (p**dim, p**dim)."""
+    ar = torch.arange(p, device=device, dtype=dtype)
+    if dim == 1:
+        return ((ar[:, None] - ar[None, :]) * spacing) ** 2
+    ox = (ar[:, None, None, None] - ar[None, None, :, None]) * spacing
+    oy = (ar[None, :, None, None] - ar[None, None, None, :]) * spacing
+    return (ox**2 + oy**2).reshape(p * p, p * p)
+
+
 class _GridPlan:
     """Interpolation of n points onto a regular grid (shared by all kernels of an iteration)."""
 
@@ -163,14 +183,8 @@ class _GridPlan:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        G = self.n_grid
-        k = torch.arange(2 * G, device=device, dtype=dtype)
-        # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1
-        off = torch.where(k <= G, k, k - 2 * G) * self.spacing
-        if self.dim == 1:
-            out = torch.fft.rfft(fn(off * off)).real.contiguous()
-        else:
-            out = torch.fft.rfft2(fn(off[:, None] ** 2 + off[None, :] ** 2)).real.contiguous()
+        values = fn(_circulant_sq(self.n_grid, self.spacing, self.dim, device, dtype))
+        out = (torch.fft.rfft(values) if self.dim == 1 else torch.fft.rfft2(values)).real.contiguous()
         if len(self.cache) > 64:  # the grid grows during optimisation; keep memory bounded
             self.cache.clear()
         self.cache[key] = out
@@ -237,15 +251,7 @@ class _GridPlan:
         ``w_i^T K_stencil w_i`` with the same small stencil matrix for every point, so it can be
         replaced by the exact ``fn(0)`` at O(n) cost.
         """
-        p, dim = self.n_nodes, self.dim
-        ar = torch.arange(p, device=self.weights.device, dtype=self.weights.dtype)
-        if dim == 1:
-            off2 = ((ar[:, None] - ar[None, :]) * self.spacing) ** 2
-        else:
-            ox = (ar[:, None, None, None] - ar[None, None, :, None]) * self.spacing
-            oy = (ar[None, :, None, None] - ar[None, None, None, :]) * self.spacing
-            off2 = (ox**2 + oy**2).reshape(p * p, p * p)
-        K = fn(off2)
+        K = fn(_stencil_sq(self.n_nodes, self.spacing, self.dim, self.weights.device, self.weights.dtype))
         interp = ((self.weights @ K) * self.weights).sum(dim=1)
         zero = torch.zeros(1, device=K.device, dtype=K.dtype)
         return fn(zero) - interp
@@ -627,16 +633,10 @@ def _cpu_kernel(grid, fn):
     hit = grid.cache.get(key)
     if hit is not None:
         return hit
-    G, h, p = grid.G, grid.spacing, grid.p
-    k = np.arange(2 * G, dtype=np.float64)
-    # circulant embedding: offsets 0..G-1, (unused) G, then -(G-1)..-1, as _GridPlan.kernel_fft
-    off = np.where(k <= G, k, k - 2 * G) * h
-    values = fn(torch.from_numpy(off[:, None] ** 2 + off[None, :] ** 2)).numpy()
+    # the kernel's values in float64 (the grid's own precision only after the transform)
+    values = fn(_circulant_sq(grid.G, grid.spacing, 2, "cpu", torch.float64)).numpy()
     kf = scipy.fft.rfft2(values).real.astype(grid.dtype)
-    ar = np.arange(p, dtype=np.float64)
-    ox = (ar[:, None, None, None] - ar[None, None, :, None]) * h
-    oy = (ar[None, :, None, None] - ar[None, None, None, :]) * h
-    stencil = fn(torch.from_numpy((ox**2 + oy**2).reshape(p * p, p * p))).numpy().astype(grid.dtype)
+    stencil = fn(_stencil_sq(grid.p, grid.spacing, 2, "cpu", torch.float64)).numpy().astype(grid.dtype)
     if len(grid.cache) > 64:  # the grid grows during optimisation; keep memory bounded
         grid.cache.clear()
     grid.cache[key] = (kf, stencil)
