@@ -20,7 +20,10 @@ The search of :func:`skicon.neighbors.knn_graph` (``method="exact"``) and of
    a four times longer shortlist, until the proof holds or the shortlist is the whole set.
 
 So the result is the exact one, and it is the same whatever the number of BLAS threads, which
-can change the float32 values but not which points pass the proof. The data are centred (the
+can change the float32 values but not which points pass the proof. Small searches (at most
+:data:`SMALL_WORK` multiply-adds) run steps 1 and 2 in NumPy instead (an ``argpartition`` per
+block, the same float64 sums in the same order), so that a fresh process does not load numba for
+milliseconds of work; the result is the same. The data are centred (the
 distances do not change) and scaled by a power of two (exact) before the float32 cast, so that
 ``|a| |b|`` is as small as it can be and nothing overflows.
 
@@ -30,91 +33,86 @@ Measured against the float64 BLAS search with ``argpartition`` that it replaces
 
 import numpy as np
 
-from .objectives._compiled import _blocks, _n_blocks, _run, pair_distances
-
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
-    njit = None
-
 __all__ = ["euclidean_search"]
 
 #: Query rows per block of the float32 products.
 ROWS = 512
 #: Reference rows per block: ``ROWS x COLS`` float32 values (8 MiB) per product.
 COLS = 4096
+#: Searches of at most this many ``query x reference x feature`` multiply-adds run in NumPy alone:
+#: there the whole search takes milliseconds, less than what numba costs a fresh process (its
+#: import and the loading of the cached machine code: about half a second, measured on two
+#: cores; every joblib worker and every script pays it once). Both paths return the same result
+#: (exact, the same float64 distances: the sums run in the same order).
+SMALL_WORK = 2**28
 
 _U32 = 2.0**-24  # unit roundoff of float32
 
 
-if njit is not None:
+def _compiled():
+    """``(push, compiled loops module)``, or None where numba is missing (imports numba)."""
+    from .objectives import _compiled as loops
 
-    @njit(nogil=True, cache=True)
-    def _sift(heap_v, heap_i, i, v, j):  # pragma: no cover - compiled
-        # replace the root of row i's max-heap by (v, j) and restore the heap
-        w = heap_v.shape[1]
-        pos = 0
-        while True:
-            left = 2 * pos + 1
-            if left >= w:
-                break
-            big = left
-            if left + 1 < w and heap_v[i, left + 1] > heap_v[i, left]:
-                big = left + 1
-            if heap_v[i, big] <= v:
-                break
-            heap_v[i, pos] = heap_v[i, big]
-            heap_i[i, pos] = heap_i[i, big]
-            pos = big
-        heap_v[i, pos] = v
-        heap_i[i, pos] = j
+    if not loops.available():  # pragma: no cover - numba comes with pynndescent, a hard dependency
+        return None
+    from ._knn_compiled import push
 
-    @njit(nogil=True, fastmath=True, cache=True)
-    def _push(G, sqB, col0, heap_v, heap_i, lo, hi):  # pragma: no cover - compiled
-        # values v = |b|^2 - 2 a.b of rows lo..hi of the block G = A_blk @ B_blk.T, kept in a
-        # max-heap of size w per row (root at 0). A vectorised minimum over 32 columns at a
-        # time skips the (usual) spans where no value beats the root.
-        m = G.shape[1]
-        span = 32
-        for i in range(lo, hi):
-            top = heap_v[i, 0]
-            for c0 in range(0, m, span):
-                c1 = min(c0 + span, m)
-                low = np.float32(np.inf)
-                for c in range(c0, c1):
-                    low = min(low, sqB[col0 + c] - np.float32(2.0) * G[i, c])
-                if low < top:
-                    for c in range(c0, c1):
-                        v = sqB[col0 + c] - np.float32(2.0) * G[i, c]
-                        if v < top:
-                            _sift(heap_v, heap_i, i, v, col0 + c)
-                            top = heap_v[i, 0]
+    return push, loops
 
 
-def _push_numpy(G, sqB, col0, heap_v, heap_i, lo, hi):  # pragma: no cover - numba is a dependency
+def _push_numpy(G, sqB, col0, heap_v, heap_i):
+    """NumPy twin of the compiled push: keep each row's ``w`` smallest of heap and ``|b|^2 - 2 a.b``.
+
+    The kept values are in no particular order (the proof takes their maximum).
+    """
     w = heap_v.shape[1]
-    for i in range(lo, hi):
-        v = np.concatenate([heap_v[i], sqB[col0 : col0 + G.shape[1]] - 2.0 * G[i]])
-        j = np.concatenate([heap_i[i], np.arange(col0, col0 + G.shape[1])])
-        keep = np.argpartition(v, w - 1)[:w]
-        order = np.argsort(-v[keep], kind="stable")  # root (largest) first, as the heap has it
-        heap_v[i], heap_i[i] = v[keep][order], j[keep][order]
+    vals = np.concatenate([heap_v, sqB[col0 : col0 + G.shape[1]] - np.float32(2.0) * G], axis=1)
+    cols = np.concatenate([heap_i, np.broadcast_to(np.arange(col0, col0 + G.shape[1]), G.shape)], axis=1)
+    keep = np.argpartition(vals, w - 1, axis=1)[:, :w]
+    heap_v[...] = np.take_along_axis(vals, keep, axis=1)
+    heap_i[...] = np.take_along_axis(cols, keep, axis=1)
 
 
-def _shortlist(A32, B32, sqB32, w):
-    """Per row of ``A32``: the ``w`` smallest ``|b|^2 - 2 a.b`` (any order, root = largest first).
+def _pair_sqdist_numpy(A, B, cand, chunk=2**20):
+    """NumPy twin of :func:`skicon.objectives._compiled.pair_distances`: the same sums, in the same order.
+
+    Each squared distance is accumulated feature by feature from zero, as the compiled loop does
+    (no fused multiply-add there: it is compiled without fastmath), so the two agree bit for bit.
+    """
+    n, w = cand.shape
+    BT = np.ascontiguousarray(B.T)
+    out = np.empty((n, w))
+    step = max(1, chunk // max(1, w))
+    for r0 in range(0, n, step):
+        c = cand[r0 : r0 + step]
+        s = np.zeros(c.shape)
+        for f in range(A.shape[1]):
+            u = A[r0 : r0 + step, f, None] - BT[f][c]
+            s += u * u
+        out[r0 : r0 + step] = s
+    return out
+
+
+def _shortlist(A32, B32, sqB32, w, compiled):
+    """Per row of ``A32``: the ``w`` smallest ``|b|^2 - 2 a.b`` (any order).
 
     The threads of the active limit each take whole row blocks, product and selection both, with
     BLAS on one thread: a multi-threaded product followed by a parallel selection leaves BLAS's
-    workers spinning on the cores the selection needs.
+    workers spinning on the cores the selection needs. Without ``compiled`` (a small search) the
+    selection runs in NumPy on this thread.
     """
-    from ._threads import _controller
-
     n, m = A32.shape[0], B32.shape[0]
     heap_v = np.full((n, w), np.inf, dtype=np.float32)
     heap_i = np.full((n, w), -1, dtype=np.int64)
-    push = _push if njit is not None else _push_numpy
     starts = np.arange(0, n, ROWS)
+    if compiled is None:
+        for r0 in starts:
+            a = A32[r0 : r0 + ROWS]
+            for c0 in range(0, m, COLS):
+                _push_numpy(a @ B32[c0 : c0 + COLS].T, sqB32, c0, heap_v[r0 : r0 + ROWS], heap_i[r0 : r0 + ROWS])
+        return heap_v, heap_i
+    push, loops = compiled
+    from ._threads import _controller
 
     def work(first, stop):
         for r0 in starts[first:stop]:
@@ -124,25 +122,26 @@ def _shortlist(A32, B32, sqB32, w):
                 push(a @ B32[c0 : c0 + COLS].T, sqB32, c0, hv, hi, 0, a.shape[0])
 
     blocks = np.arange(len(starts) + 1, dtype=np.int64)
-    ranges = _blocks(blocks, min(len(starts), _n_blocks(float(n) * m * 4)))
+    ranges = loops._blocks(blocks, min(len(starts), loops._n_blocks(float(n) * m * 4)))
     if len(ranges) == 1:
         work(0, len(starts))
     else:
         pools = _controller().limit(limits=1, user_api="blas")
         try:
-            _run(work, lambda r: r, ranges)
+            loops._run(work, lambda r: r, ranges)
         finally:
             pools.restore_original_limits()
     return heap_v, heap_i
 
 
-def _rerank(A, B, cand, k):
+def _rerank(A, B, cand, k, compiled):
     """Exact float64 distances of the candidates, the ``k`` nearest by (distance, index).
 
     Sorted by the distance itself (not its square), as :func:`skicon.neighbors.query_neighbors`
     sorts: squares a rounding apart can share one square root, and then the index decides.
     """
-    exact = np.sqrt(pair_distances(A, B, cand))
+    sq = _pair_sqdist_numpy(A, B, cand) if compiled is None else compiled[1].pair_distances(A, B, cand)
+    exact = np.sqrt(sq)
     order = np.lexsort((cand, exact), axis=1)[:, :k]
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
@@ -199,6 +198,7 @@ def euclidean_search(A, B, k, slack=16):
     normA, maxB = np.sqrt(sqA), float(np.sqrt(np.einsum("ij,ij->i", Bc, Bc).max()))
     err = (2.0 * d + 16.0) * _U32 / max(1.0 - d * _U32, 0.5) * (normA + maxB) ** 2 + 1e-30
     sqB32 = sqB.astype(np.float32)
+    compiled = None if float(n) * m * d <= SMALL_WORK else _compiled()
     indices = np.empty((n, k), dtype=np.int64)
     dist = np.empty((n, k))
     todo = np.arange(n)
@@ -206,14 +206,15 @@ def euclidean_search(A, B, k, slack=16):
     while todo.size:
         if w >= m:  # the whole reference set: nothing to prove
             cand = np.broadcast_to(np.arange(m), (todo.size, m))
-            indices[todo], dist[todo] = _rerank(A[todo], B, cand, k)
+            indices[todo], dist[todo] = _rerank(A[todo], B, cand, k, compiled)
             break
-        heap_v, heap_i = _shortlist(A32[todo], B32, sqB32, w)
-        idx, dd = _rerank(A[todo], B, heap_i, k)
+        heap_v, heap_i = _shortlist(A32[todo], B32, sqB32, w, compiled)
+        idx, dd = _rerank(A[todo], B, heap_i, k, compiled)
         indices[todo], dist[todo] = idx, dd
-        # every point outside the shortlist lies at a squared distance >= root + |a|^2 - err; the
-        # relative 1e-12 keeps it from sharing the k-th distance's square root (a tie by index)
-        floor = (heap_v[:, 0].astype(np.float64) + sqA[todo] - err[todo]) / (scale * scale)
+        # every point outside the shortlist lies at a squared distance >= root + |a|^2 - err (the
+        # root: the largest value kept); the relative 1e-12 keeps it from sharing the k-th
+        # distance's square root (a tie by index)
+        floor = (heap_v.max(axis=1).astype(np.float64) + sqA[todo] - err[todo]) / (scale * scale)
         todo = todo[~(floor > dd[:, k - 1] ** 2 * (1.0 + 1e-12))]
         w = min(m, 4 * w)
     return indices, dist

@@ -121,9 +121,18 @@ def _brute(A, B, k):
     return order, np.take_along_axis(d, order, axis=1)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def search_path(request, monkeypatch):
+    """Force the exact search's compiled path or its NumPy path (small searches), whatever the size."""
+    from skicon import _knn_exact
+
+    monkeypatch.setattr(_knn_exact, "SMALL_WORK", -1 if request.param == "compiled" else 2**62)
+    return request.param
+
+
 @pytest.mark.parametrize("case", ["gauss", "integer_ties", "duplicates", "offset", "tiny", "huge"])
-def test_compiled_exact_search_equals_brute_force(case):
-    """The float32 shortlist plus its proof gives exactly the float64 brute-force answer."""
+def test_compiled_exact_search_equals_brute_force(case, search_path):
+    """The float32 shortlist plus its proof gives exactly the float64 brute-force answer (both paths)."""
     from skicon._knn_exact import euclidean_search
 
     rng = np.random.RandomState(0)
@@ -147,7 +156,7 @@ def test_compiled_exact_search_equals_brute_force(case):
         np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=0)
 
 
-def test_compiled_exact_search_small_blocks_and_retries(monkeypatch):
+def test_compiled_exact_search_small_blocks_and_retries(monkeypatch, search_path):
     """Tiny blocks (many products per row) and shortlists that must grow give the same answer."""
     from skicon import _knn_exact
 
@@ -159,3 +168,32 @@ def test_compiled_exact_search_small_blocks_and_retries(monkeypatch):
     ref_idx, ref_dist = _brute(B, B, 25)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("case", ["gauss", "duplicates", "far"])
+def test_exact_search_paths_agree_bit_for_bit(case, monkeypatch):
+    """The NumPy path of small searches and the compiled path return identical indices and distances."""
+    from skicon import _knn_exact
+
+    rng = np.random.RandomState(2)
+    B = {"gauss": rng.randn(600, 9), "duplicates": np.repeat(rng.randn(20, 4), 30, axis=0),
+         "far": 1e5 + rng.rand(600, 7)}[case]
+    A = B[::3] + 0.3 * rng.rand(*B[::3].shape)
+    out = {}
+    for name, work in (("compiled", -1), ("numpy", 2**62)):
+        monkeypatch.setattr(_knn_exact, "SMALL_WORK", work)
+        out[name] = _knn_exact.euclidean_search(B, B, 15) + _knn_exact.euclidean_search(A, B, 15)
+    for a, b in zip(out["compiled"], out["numpy"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_exact_search_does_not_load_numba():
+    """A small search (a joblib worker's fit on digits) does not pay numba's import and cache loading."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from skicon.neighbors import knn_graph, query_neighbors; "
+            "X = np.random.RandomState(0).randn(1800, 64); g = knn_graph(X, 10); query_neighbors(X, X[:600], 10); "
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -230,7 +230,7 @@ def _search_in_child(queue):
     from skicon._knn_exact import euclidean_search
     from skicon._threads import thread_limits
 
-    X = np.random.RandomState(0).randn(3000, 10)
+    X = np.random.RandomState(0).randn(3000, 40)
     with thread_limits(2):
         queue.put(euclidean_search(X, X, 5)[0].tolist())
 
@@ -250,7 +250,7 @@ def test_compiled_loops_run_in_a_forked_child():
 
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    X = np.random.RandomState(0).randn(3000, 10)
+    X = np.random.RandomState(0).randn(3000, 40)
     with thread_limits(2):
         expected = euclidean_search(X, X, 5)[0].tolist()
     ctx = mp.get_context("fork")
