@@ -38,3 +38,37 @@ def test_images_scaled_to_unit_interval():
     images, y = bp.load_images("digits")
     assert images.shape == (1797, 8, 8) and images.min() == 0.0 and images.max() == 1.0
     assert len(np.unique(y)) == 10
+
+
+def test_ablation_smoke(tmp_path):
+    """Two ablation rows on digits (short training), their tables, a merge and the figure."""
+    pytest.importorskip("matplotlib")
+    rows = [r for r in bp.ABLATION if r[1] in ("baseline (1-NN positive)", "+ debiasing both")]
+    rows.append(("sweep_both", "alpha = alpha_q = 0.6 (shared)", dict(rows[1][2])))
+    raw = bp.run_ablation(quick=True, seeds=1, datasets=["digits"], rows=rows, log=lambda text: None)
+    entries = raw["digits"]
+    assert set(entries) == {label for _, label, _ in rows}
+    # rows with equal parameters share their runs; different rows are different fits
+    assert entries["+ debiasing both"]["runs"] == entries["alpha = alpha_q = 0.6 (shared)"]["runs"]
+    for entry in entries.values():
+        (run,) = entry["runs"]
+        assert 0.1 <= run["acc"] <= 1.0 and -1.0 <= run["ari"] <= 1.0 and run["seed"] == 0
+    result = bp.render_ablation(raw, quick=True)
+    titles = [t["title"] for t in result["tables"]]
+    assert titles[0].startswith("Cumulative") and any("sweep" in t for t in titles)
+    assert [r[1] for r in result["tables"][0]["rows"]] == ["baseline (1-NN positive)", "+ debiasing both"]
+    # a second piece with another seed merges into two runs per row
+    other = {"digits": {k: {**v, "runs": [{**v["runs"][0], "seed": 1}]} for k, v in entries.items()}}
+    merged = bp.merge_ablation([{"result": result}, {"result": {"raw": other}}])
+    assert all(len(e["runs"]) == 2 for e in merged["raw"]["digits"].values())
+    path = bp.plot_ablation({"result": merged}, tmp_path / "ablation.png")
+    assert path.stat().st_size > 10_000
+
+
+def test_anchor_side_teacher_probe_restores_the_loss():
+    from skicon import _cluster_train
+
+    original = _cluster_train.cluster_kernel_loss
+    with bp._teacher_on_anchor_side():
+        assert _cluster_train.cluster_kernel_loss is not original
+    assert _cluster_train.cluster_kernel_loss is original
