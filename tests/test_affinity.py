@@ -150,3 +150,56 @@ def test_joint_from_conditional_unchanged():
     dense = P.toarray()
     np.testing.assert_allclose(J.toarray(), (dense + dense.T) / (dense + dense.T).sum(), rtol=1e-14)
     assert J.has_canonical_format
+
+
+def _line_graph(n, k=4, seed=0):
+    """A shuffled kNN graph of points on a line: neighbours in space, scattered in the numbering."""
+    perm = np.random.RandomState(seed).permutation(n)
+    pos = np.empty(n, dtype=np.int64)
+    pos[perm] = np.arange(n)  # point perm[t] sits at position t on the line
+    rows, cols = [], []
+    for shift in range(1, k + 1):
+        a = perm[:-shift]
+        b = perm[shift:]
+        rows += [a, b]
+        cols += [b, a]
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.full(len(rows), 1.0 / len(rows)), (rows, cols)), shape=(n, n))
+
+
+def test_locality_order_puts_graph_neighbours_close_in_the_numbering():
+    n = 2000
+    J = _line_graph(n)
+    coo = J.tocoo()
+    order = _affinity.locality_order(J)
+    assert np.array_equal(np.sort(order), np.arange(n))  # a permutation
+    where = np.empty(n, dtype=np.int64)
+    where[order] = np.arange(n)
+    # shuffled, an edge spans about n / 3 positions; in the order, at most the graph's reach (k = 4)
+    # on each side of a breadth-first level, i.e. a few positions
+    assert np.abs(coo.row - coo.col).mean() > n / 5
+    assert np.abs(where[coo.row] - where[coo.col]).max() <= 8
+
+
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+@pytest.mark.parametrize("kernel", [StudentT(), _LogOnly()], ids=["compiled", "torch"])
+def test_locality_ordered_storage_gives_the_same_gradient_and_loss(monkeypatch, form, kernel):
+    n = 400
+    P = _conditional(n, seed=4)
+    build = (lambda: SparseAffinity.conditional(P, "cpu", torch.float64)) if form == "conditional" else (
+        lambda: SparseAffinity(joint_from_conditional(P), "cpu", torch.float64))
+    plain = build()
+    monkeypatch.setattr(_affinity, "LOCALITY_MIN_N", 1)
+    ordered = build()
+    assert plain.order is None and ordered.order is not None
+    assert not np.array_equal(ordered.order, np.arange(n))
+    Y = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    g0, l0 = objective_and_gradient(Y, plain, kernel, method="exact", want_loss=True)
+    g1, l1 = objective_and_gradient(Y, ordered, kernel, method="exact", want_loss=True)
+    # each row's edges keep their order, so each point's force is summed in the same order: the
+    # gradient agrees to rounding of the all-pairs part only; the loss sums rows in another order
+    np.testing.assert_allclose(g1.numpy(), g0.numpy(), rtol=1e-12, atol=1e-15)
+    assert l1 == pytest.approx(l0, rel=1e-12)
+    # every per-point array is in the storage numbering
+    np.testing.assert_array_equal(ordered.loss_row_mass.numpy(), plain.loss_row_mass.numpy()[ordered.order])
+    assert ordered.to(torch.float32).order is not None

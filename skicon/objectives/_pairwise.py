@@ -657,9 +657,9 @@ def _segment_sum(values, aff):
 def _attraction(Y, aff, kernel, scale, want_loss):
     """``sum_j scale * p_ij g_ij (y_i - y_j)`` over the non-zeros, and ``sum l_ij log w_ij``.
 
-    One pass over the edges for both. The torch code works one coordinate at a time on
-    contiguous 1-D tensors: on CPU, gathers and reductions over an (nnz, 2) tensor are several
-    times slower than the same work on 1-D vectors.
+    One pass over the edges for both, ``Y`` in the affinity's storage numbering. The torch code
+    works one coordinate at a time on contiguous 1-D tensors: on CPU, gathers and reductions over
+    an (nnz, 2) tensor are several times slower than the same work on 1-D vectors.
     """
     profile = _use_compiled(Y, kernel)
     if profile is not None and aff.csr is not None:
@@ -869,6 +869,19 @@ def objective_and_gradient(
     """
     if normalization not in ("joint", "conditional"):
         raise ValueError(f"normalization must be 'joint' or 'conditional', got {normalization!r}.")
+    args = (kernel, normalization, exaggeration, alpha, method, want_loss, grid_kwargs, n_negatives, generator)
+    if aff.order is None:
+        return _objective_and_gradient(Y, aff, *args)
+    # the affinity stores the points renumbered (locality): work in its numbering, which also
+    # makes the grid's spreading and gathering walk memory in order; O(n) in and out
+    order = torch.from_numpy(aff.order).to(Y.device)
+    grad, loss = _objective_and_gradient(Y.index_select(0, order), aff, *args)
+    return torch.empty_like(grad).index_copy_(0, order, grad), loss
+
+
+def _objective_and_gradient(Y, aff, kernel, normalization, exaggeration, alpha, method, want_loss, grid_kwargs,
+                            n_negatives, generator):
+    """:func:`objective_and_gradient` with ``Y`` in the affinity's storage numbering."""
     field = _Repulsion(Y, kernel, method, grid_kwargs, n_negatives, generator)
     n = Y.shape[0]
     joint = normalization == "joint"
