@@ -14,11 +14,13 @@ import torch
 
 from ..kernels._transforms import debiased_plogp
 
-#: From this many points on, the CPU edge arrays are stored in :func:`locality_order`. Measured on
-#: the t-SNE ``P`` of 200,000 MNIST-1D points (26 million edges, two cores): the compiled
-#: attraction took 186 ms per pass in input order and 42 ms in reverse Cuthill-McKee order,
-#: for 0.3 s of ordering and about 1 s of renumbering once per fit. Below about 30,000 points
-#: the embedding's coordinates fit in a core's cache and the order hardly matters.
+#: From this many points on, the CPU arrays are stored in :func:`locality_order`. Measured on the
+#: t-SNE ``P`` of 200,000 MNIST-1D points (26 million edges, two cores): the compiled attraction
+#: took 186 ms per pass in input order and 42 ms in reverse Cuthill-McKee order, for 0.3 s of
+#: ordering and about 1 s of renumbering once per fit; a whole 70,000-point fit 29.9 s against
+#: 24.9 s. Smaller sizes were not measured: the threshold keeps the 2k-20k fits on the path
+#: their benchmarks were measured on (their coordinates fit a core's 1 MiB L2 cache below about
+#: 130,000 float32 points, but the edges still stream from memory).
 LOCALITY_MIN_N = 30_000
 
 #: Edges handled per step of the float64 reductions and of the alignment of the loss weights,
