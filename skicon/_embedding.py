@@ -47,6 +47,14 @@ from .objectives._pairwise import (EngineObjective, SparseAffinity, auto_learnin
 
 __all__ = ["ICONEmbedding", "trustworthiness_scorer", "make_trustworthiness_scorer"]
 
+#: Momentum of the gains optimiser during early exaggeration and in the main phase: 0.8 in both,
+#: as openTSNE. Against 0.5 during exaggeration (scikit-learn's choice), same kNN graph, one run
+#: each on two cores, the exact KL went 3.6940 -> 3.6749 on MNIST-1D 70k, 3.0518 -> 3.0444 on
+#: distorted MNIST 70k, 3.9693 -> 3.9647 on 50k blobs, 1.4629 -> 1.4602 on MNIST-5k, and stayed
+#: within 1e-4 on digits and MNIST-1D 20k (10-NN accuracy within 0.002 on all six).
+EE_MOMENTUM = 0.8
+MOMENTUM = 0.8
+
 # ------------------------------------------------------------------------------------------------
 # estimator
 # ------------------------------------------------------------------------------------------------
@@ -117,7 +125,8 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         Factor on the attraction during the first ``early_exaggeration_iter`` iterations
         (engine only: the dense path minimises the exact loss directly).
     early_exaggeration_iter : int, default=250
-        Length of the early-exaggeration phase.
+        Length of the early-exaggeration phase. A table embedding is optimised by t-SNE's gains
+        with momentum 0.8 in both phases (as openTSNE).
     mode : {"auto", "exact", "fft", "sampled"}, default="auto"
         How the repulsion over all pairs is computed. "exact": all pairs (O(n^2) time, chunked
         memory); "fft": grid interpolation + FFT (1-D/2-D only); "sampled": random negatives.
@@ -378,7 +387,7 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         dtype = engine_dtype(plan.q, device, d, plan.mode)
         if plan.normalization == "joint":
             self.affinities_ = joint_from_conditional(P)
-            aff = SparseAffinity(self.affinities_, device, dtype)
+            aff = SparseAffinity(self.affinities_, device, dtype, symmetric=True)
         else:
             self.affinities_ = P
             aff = SparseAffinity.conditional(P, device, dtype)
@@ -408,8 +417,8 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         """Early exaggeration, then the main phase: t-SNE's gains for the table, Adam for a mapper."""
         ee_iter = min(self.early_exaggeration_iter, self.max_iter)
         phases = []
-        for n_steps, ex, momentum in ((ee_iter, float(self.early_exaggeration), 0.5),
-                                      (self.max_iter - ee_iter, 1.0, 0.8)):
+        for n_steps, ex, momentum in ((ee_iter, float(self.early_exaggeration), EE_MOMENTUM),
+                                      (self.max_iter - ee_iter, 1.0, MOMENTUM)):
             phase = {"n_steps": n_steps, "exaggeration": ex}
             if not parametric:
                 lr = auto_learning_rate(n, ex, q) if self.learning_rate == "auto" else float(self.learning_rate)

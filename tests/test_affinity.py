@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from skicon.kernels import DistanceKernel, StudentT
+from skicon.kernels import DistanceKernel, Gaussian, StudentT
 from skicon.objectives import _affinity
 from skicon.objectives._pairwise import SparseAffinity, joint_from_conditional, objective_and_gradient
 
@@ -203,3 +203,68 @@ def test_locality_ordered_storage_gives_the_same_gradient_and_loss(monkeypatch, 
     # every per-point array is in the storage numbering
     np.testing.assert_array_equal(ordered.loss_row_mass.numpy(), plain.loss_row_mass.numpy()[ordered.order])
     assert ordered.to(torch.float32).order is not None
+
+
+def _with_self_pairs_and_an_empty_row(J):
+    """The joint ``J`` with two self pairs (no force, no loss) and one point without neighbours."""
+    J = J.tolil()
+    J[5, :] = 0.0
+    J[:, 5] = 0.0
+    J[3, 3] = J[7, 7] = 1e-3
+    J = J.tocsr()
+    J.data /= J.sum()
+    return J
+
+
+@pytest.mark.parametrize("kernel", [StudentT(), StudentT(dof=0.6), Gaussian()], ids=["cauchy", "student", "gauss"])
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("dim", [1, 2])
+def test_upper_triangle_attraction_equals_the_full_csr_pass(monkeypatch, kernel, ordered, dim):
+    """Each pair once (the symmetric ``P``'s upper triangle) gives the full pass's force and loss.
+
+    Several row blocks (the block size lowered so that 400 points make several), with and without the
+    locality order, self pairs and an empty row included; float64, so the two sums in different
+    orders agree to rounding.
+    """
+    n = 400
+    J = _with_self_pairs_and_an_empty_row(joint_from_conditional(_conditional(n, seed=2)))
+    monkeypatch.setattr(_affinity.UpperTriangle, "EDGES_PER_BLOCK", 300)
+    if ordered:
+        monkeypatch.setattr(_affinity, "LOCALITY_MIN_N", 1)
+    full = SparseAffinity(J, "cpu", torch.float64)
+    half = SparseAffinity(J, "cpu", torch.float64, symmetric=True)
+    assert full.upper is None and half.upper is not None
+    assert len(half.upper.bases) >= 3 and len(half.upper.indices) == (J.nnz - 2) // 2
+    Y = torch.randn(n, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for ex in (1.0, 12.0):
+        g0, l0 = objective_and_gradient(Y, full, kernel, method="exact", exaggeration=ex, want_loss=True)
+        g1, l1 = objective_and_gradient(Y, half, kernel, method="exact", exaggeration=ex, want_loss=True)
+        np.testing.assert_allclose(g1.numpy(), g0.numpy(), rtol=1e-10, atol=1e-14)
+        assert l1 == pytest.approx(l0, rel=1e-12)
+
+
+def test_upper_triangle_attraction_does_not_depend_on_the_thread_count(monkeypatch):
+    from skicon._threads import thread_limits
+    from skicon.objectives import _compiled
+
+    n = 3000
+    J = joint_from_conditional(_conditional(n, k=20, seed=3))
+    monkeypatch.setattr(_affinity.UpperTriangle, "EDGES_PER_BLOCK", 4000)
+    aff = SparseAffinity(J, "cpu", torch.float32, symmetric=True)
+    Y = np.random.RandomState(3).randn(n, 2).astype(np.float32)
+    runs = []
+    for threads in (1, 2, 3):
+        with thread_limits(threads):
+            runs.append(_compiled.attraction_upper(Y, aff.upper, _compiled.CAUCHY, want_loss=True))
+    for force, loss in runs[1:]:
+        np.testing.assert_array_equal(force, runs[0][0])
+        assert loss == runs[0][1]
+
+
+def test_upper_triangle_only_for_a_symmetric_p_that_weighs_the_loss():
+    P = _conditional(50)
+    assert SparseAffinity.conditional(P, "cpu", torch.float64).upper is None  # loss weights are P, not P + P^T
+    aff = SparseAffinity(joint_from_conditional(P), "cpu", torch.float64, symmetric=True)
+    assert aff.upper is aff.upper  # built once
+    assert aff.to(torch.float32).upper is not None
+    assert SparseAffinity(joint_from_conditional(P), "meta", torch.float64, symmetric=True).upper is None

@@ -50,3 +50,32 @@ def test_cpu_grid_self_pair_cancels():
     assert float(zw) == pytest.approx(2 * w, rel=1e-3)
     expected = torch.tensor([[-3.0, -4.0], [3.0, 4.0]], dtype=torch.float64) * w * w
     assert torch.allclose(rep, expected, rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_split_spreading_equals_one_pass_and_ignores_the_thread_count(monkeypatch, dtype):
+    """Spreading two halves of the points into two grids (large problems) gives the one-pass sums.
+
+    The split is set by the number of points alone, so the results are bit for bit equal on 1-3
+    threads; against the one-pass spreading (another order of the additions) they agree to
+    rounding.
+    """
+    from skicon._threads import thread_limits
+    from skicon.objectives import _grid_cpu
+
+    rng = np.random.RandomState(5)
+    Y = (rng.randn(6000, 2) * 30.0).astype(dtype)
+    charges = np.concatenate([np.ones((6000, 1)), Y], axis=1).astype(dtype)
+    lo, spacing, G, p = pw.grid_geometry(torch.from_numpy(Y))
+    grid = _grid_cpu.CpuGrid(Y, lo.numpy(), spacing, G, p, {})
+    one_pass = grid.spectrum(charges)
+    monkeypatch.setattr(_grid_cpu.CpuGrid, "SPLIT_MIN_N", 1)
+    split = []
+    for threads in (1, 2, 3):
+        with thread_limits(threads):
+            split.append(grid.spectrum(charges))
+    for other in split[1:]:
+        np.testing.assert_array_equal(other, split[0])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(split[0] - one_pass).max() <= tol * np.abs(one_pass).max()
+    assert np.abs(split[0] - one_pass).max() > 0  # another order of the additions: the path did run

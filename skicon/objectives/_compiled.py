@@ -33,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - numba comes with pynndescent, a hard dependency
     numba = None
 
-__all__ = ["available", "repulsion_field", "attraction_csr", "pair_distances", "CAUCHY", "STUDENT", "GAUSSIAN"]
+__all__ = ["available", "repulsion_field", "attraction_csr", "attraction_upper", "pair_distances", "CAUCHY", "STUDENT", "GAUSSIAN"]
 
 CAUCHY, STUDENT, GAUSSIAN = 0, 1, 2
 
@@ -268,6 +268,81 @@ if numba is not None:
             fy[i] = ay * sc
 
 
+    @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+    def _attraction_upper(Y, indptr, indices, values, code, dof, inv2s2, want_loss, lo, hi, base, acc,
+                          plogw):  # pragma: no cover
+        # rows lo..hi of the strict upper triangle of a symmetric P: each pair once, its force
+        # added to row i and subtracted from row j in this block's own accumulator (row - base).
+        # Y and acc are (., 2) row-major: both coordinates of a point in one cache line (measured
+        # 11.4 ms against 14.5 ms with separate coordinate vectors, 70,000 points)
+        dt = Y.dtype.type
+        one = dt(1.0)
+        inv_dof = dt(1.0 / dof)
+        lscale = -inv2s2 if code == 2 else -(dof + 1.0) / 2.0
+        for i in range(lo, hi):
+            xi = Y[i, 0]
+            yi = Y[i, 1]
+            sx = dt(0.0)
+            sy = dt(0.0)
+            start, stop = indptr[i], indptr[i + 1]
+            if code == 2:
+                for e in range(start, stop):
+                    j = indices[e]
+                    p = values[e]
+                    fx = p * (xi - Y[j, 0])
+                    fy = p * (yi - Y[j, 1])
+                    sx += fx
+                    sy += fy
+                    acc[j - base, 0] -= fx
+                    acc[j - base, 1] -= fy
+            else:
+                for e in range(start, stop):
+                    j = indices[e]
+                    dx = xi - Y[j, 0]
+                    dy = yi - Y[j, 1]
+                    coef = values[e] / (one + (dx * dx + dy * dy) * inv_dof)
+                    fx = coef * dx
+                    fy = coef * dy
+                    sx += fx
+                    sy += fy
+                    acc[j - base, 0] -= fx
+                    acc[j - base, 1] -= fy
+            acc[i - base, 0] += sx
+            acc[i - base, 1] += sy
+            if want_loss:
+                s = 0.0
+                if code == 2:
+                    for e in range(start, stop):
+                        j = indices[e]
+                        dx = xi - Y[j, 0]
+                        dy = yi - Y[j, 1]
+                        s += values[e] * (dx * dx + dy * dy)
+                else:
+                    for e in range(start, stop):
+                        j = indices[e]
+                        dx = xi - Y[j, 0]
+                        dy = yi - Y[j, 1]
+                        s += values[e] * math.log(one + (dx * dx + dy * dy) * inv_dof)
+                plogw[i] = 2.0 * s * lscale  # each pair stands for (i, j) and (j, i)
+
+    @njit(nogil=True, error_model="numpy", cache=True)
+    def _sum_blocks(offsets, bases, stops, acc, sc, lo, hi, out):  # pragma: no cover
+        # out[i] = sc * sum over the blocks, in block order, of their accumulators at i
+        for i in range(lo, hi):
+            out[i, 0] = 0.0
+            out[i, 1] = 0.0
+        for b in range(bases.shape[0]):
+            a = max(lo, bases[b])
+            z = min(hi, stops[b])
+            off = offsets[b] - bases[b]
+            for i in range(a, z):
+                out[i, 0] += acc[off + i, 0]
+                out[i, 1] += acc[off + i, 1]
+        for i in range(lo, hi):
+            out[i, 0] *= sc
+            out[i, 1] *= sc
+
+
 def _xy(Y):
     """Contiguous coordinate vectors of a (n, 1) or (n, 2) array."""
     x = np.ascontiguousarray(Y[:, 0])
@@ -374,6 +449,76 @@ def attraction_csr(Y, indptr, indices, values, code, dof=1.0, inv2s2=0.0, scale=
     fixed = (x, y, indptr, indices, values, lv, code, float(dof), float(inv2s2), float(scale), bool(want_loss))
     _run(_attraction, lambda r: fixed + r + (fx, fy, plogw), ranges)
     return _stack(fx, fy, Y.shape[1]), (float(plogw.sum()) if want_loss else None)
+
+
+def _run_tasks(kernel, tasks, n_threads):
+    """Run ``kernel(*task)`` for every task, on at most ``n_threads`` threads, tasks split in order."""
+    groups = [tasks[k::n_threads] for k in range(min(n_threads, len(tasks)))]
+    if len(groups) <= 1:
+        for task in tasks:
+            kernel(*task)
+        return
+    _run(lambda group: [kernel(*task) for task in group], lambda r: (r,), [tuple(g) for g in groups])
+
+
+def attraction_upper(Y, upper, code, dof=1.0, inv2s2=0.0, scale=1.0, want_loss=False):
+    """:func:`attraction_csr` of a symmetric ``P`` from its strict upper triangle: each pair once.
+
+    The kernel of each pair is evaluated once and its force added to both ends, so half the
+    edges are read and half the kernels computed. The rows are split into a fixed number of
+    blocks (set by the number of edges, not of threads), each accumulating into arrays of its
+    own that span its rows and the columns they reach; the blocks are then summed in block
+    order, so the result does not depend on the number of threads. The loss weights are those
+    of ``P`` (the joint form).
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, d), d in {1, 2}
+        Embedding.
+    upper : UpperTriangle
+        The strict upper triangle of ``P`` and its blocks
+        (:attr:`skicon.objectives._affinity.SparseAffinity.upper`).
+    code, dof, inv2s2, scale, want_loss : see :func:`attraction_csr`.
+
+    Returns
+    -------
+    force : ndarray of shape (n, d)
+    plogw : float or None
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> from skicon.objectives._affinity import UpperTriangle
+    >>> P = sp.csr_matrix(np.array([[0.0, 0.25, 0.25], [0.25, 0.0, 0.0], [0.25, 0.0, 0.0]]))
+    >>> Y = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> force, plogw = attraction_upper(Y, UpperTriangle(P.indptr, P.indices, P.data), CAUCHY, want_loss=True)
+    >>> force.tolist(), round(plogw, 4)
+    ([[-0.125, -0.125], [0.125, 0.0], [0.0, 0.125]], -0.6931)
+    """
+    d = Y.shape[1]
+    Y2 = np.ascontiguousarray(Y) if d == 2 else np.concatenate([Y, np.zeros_like(Y)], axis=1)
+    n = Y2.shape[0]
+    values = upper.values if upper.values.dtype == Y2.dtype else upper.values.astype(Y2.dtype)
+    acc = upper.scratch(Y2.dtype)  # kept between iterations: fresh pages cost more than zeroing
+    acc.fill(0)
+    plogw = np.zeros(n) if want_loss else np.empty(0)
+    fixed = (Y2, upper.indptr, upper.indices, values, code, float(dof), float(inv2s2), bool(want_loss))
+    tasks = []
+    for b in range(len(upper.bases)):
+        base, off, stop = int(upper.bases[b]), int(upper.offsets[b]), int(upper.stops[b])
+        tasks.append(fixed + (int(upper.row_lo[b]), int(upper.row_hi[b]), base, acc[off : off + stop - base], plogw))
+    threads = _n_blocks(len(upper.indices) * 8)
+    _run_tasks(_attraction_upper, tasks, threads)
+    if code == 0:
+        sc = scale
+    elif code == 1:
+        sc = scale * (dof + 1.0) / (2.0 * dof)
+    else:
+        sc = scale * inv2s2
+    force = np.empty_like(Y2)
+    sums = (upper.offsets, upper.bases, upper.stops, acc, Y2.dtype.type(sc))
+    _run(_sum_blocks, lambda r: sums + r + (force,), _blocks(np.arange(n + 1), max(1, min(threads, n // 20_000))))
+    return (force if d == 2 else force[:, :1]), (float(plogw.sum()) if want_loss else None)
 
 
 def pair_distances(A, B, cand):

@@ -664,6 +664,10 @@ def _attraction(Y, aff, kernel, scale, want_loss):
     profile = _use_compiled(Y, kernel)
     if profile is not None and aff.csr is not None:
         code, dof, inv2s2 = profile
+        if Y.shape[1] <= 2 and aff.upper is not None:  # a symmetric P: each pair once
+            force, plogw = _compiled.attraction_upper(Y.detach().numpy(), aff.upper, code, dof, inv2s2,
+                                                      scale=scale, want_loss=want_loss)
+            return torch.from_numpy(force), plogw
         loops = _compiled3d if Y.shape[1] == 3 else _compiled
         force, plogw = loops.attraction_csr(
             Y.detach().numpy(), *aff.csr, code, dof, inv2s2, scale=scale, want_loss=want_loss,
@@ -730,10 +734,11 @@ class _Repulsion:
         kf_w, K_w = _cpu_kernel(grid, k.weight)
         kf_wg, _ = _cpu_kernel(grid, k.weight_slope)
         spec = grid.spectrum(self.YC.detach().numpy())  # one charge spectrum [1, y] serves both kernels
-        S_wg, self_w = grid.gather(grid.potentials(spec, kf_wg), K_w[None])
+        total = grid.total(spec, kf_w)  # before the potentials, which overwrite the spectrum
+        S_wg, self_w = grid.gather(grid.potentials(spec, kf_wg, overwrite=True), K_w[None])
         # the interpolated self pairs replaced by the exact ones (cf. _GridPlan.self_error): in
         # sum w; in the repulsion the self pair's terms y_i * s_i - s_i * y_i cancel anyway
-        S_w = grid.total(spec, kf_w) - float(np.sum(self_w[0], dtype=np.float64))
+        S_w = total - float(np.sum(self_w[0], dtype=np.float64))
         S_wg = torch.from_numpy(S_wg)
         rep = self.Y * S_wg[:, :1] - S_wg[:, 1:]
         return torch.tensor(S_w, dtype=self.Y.dtype), rep
