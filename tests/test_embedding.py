@@ -190,7 +190,10 @@ def test_fft_mode_matches_exact_quality():
 
 def test_one_dimensional_and_three_dimensional_embeddings():
     X, y = _blobs(120)
-    Z1 = ICONEmbedding(n_components=1, perplexity=10, mode="fft", **FAST).fit_transform(X)
+    # 1-D: the default schedule. A truncated one (FAST: 120 iterations) ends wherever the
+    # clusters happen to be untangling on a line: 5-NN scores 0.93 / 0.72 / 0.85 with momentum
+    # 0.5 / 0.65 / 0.8 during exaggeration, against 0.90 / 0.95 / 0.95 after 750 iterations
+    Z1 = ICONEmbedding(n_components=1, perplexity=10, mode="fft", random_state=0).fit_transform(X)
     # 60 negatives: with 30 the result hinged on the seed (0.77 to 0.93 over seeds 0-5 before and after the
     # one-engine change); with 60 every seed 0-5 scores >= 0.93
     Z3 = ICONEmbedding(n_components=3, perplexity=10, mode="sampled", n_negatives=60, **FAST).fit_transform(X)
