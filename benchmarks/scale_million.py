@@ -16,7 +16,8 @@ Memory, by reading the code paths: the kNN graph is pynndescent's above ``knn_gr
 ``EXACT_COST_LIMIT``, ``p`` is a CSR matrix of n x 3*perplexity entries, calibrated in blocks of
 rows and normalised in place; t-SNE's joint ``p`` (``P + P^T``, float64, ``affinities_``) is
 held once more by the engine as int32 column indices and float32 values (``SparseAffinity``,
-8 bytes per edge; the int64 edge lists only the torch code needs are not built on the compiled CPU path);
+8 bytes per edge, and its upper triangle for the attraction, 4 more; the int64 edge lists only
+the torch code needs are not built on the compiled CPU path);
 repulsion is the FFT grid (``mode="auto"`` for 2-D maps above a few thousand points).
 ICONClustering trains on minibatches of the sparse ``p`` and evaluates its loss and assignments
 on blocks (``diagonal_blocks`` walks the CSR rows, never a COO copy of ``p``). Nothing is n x n.
