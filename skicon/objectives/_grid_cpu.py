@@ -8,8 +8,9 @@ weights are a chain of small tensor operations, its spreading and gathering mate
 
 * one compiled pass per point computes its stencil (first grid node and Lagrange weights per
   axis), kept for the iteration;
-* one compiled pass spreads the charges into a ``(channels, G, G)`` grid, in point order (so the
-  sums are the same on any number of threads);
+* one compiled pass spreads the charges into a ``(channels, G, G)`` grid, in point order (from
+  20,000 points, two halves of the points into two grids in parallel, then added: the sums are
+  the same on any number of threads);
 * scipy's pocketfft transforms the grid axis by axis (the zero padding is never transformed)
   with the threads of the active limit; each 1-D transform is computed alone, so the result
   does not depend on the thread count either;
@@ -59,20 +60,8 @@ if njit is not None:
                     wts[i, a, k] = w
 
     @njit(nogil=True, cache=True)
-    def _spread(charges, first, wts, grid):  # pragma: no cover - compiled
-        n, c = charges.shape
-        p = wts.shape[2]
-        for i in range(n):
-            fx, fy = first[i, 0], first[i, 1]
-            for a in range(p):
-                for b in range(p):
-                    w = wts[i, 0, a] * wts[i, 1, b]
-                    for ch in range(c):
-                        grid[ch, fx + a, fy + b] += w * charges[i, ch]
-
-    @njit(nogil=True, cache=True)
     def _spread_rows(charges, first, wts, grid, lo, hi):  # pragma: no cover - compiled
-        # _spread of points lo..hi
+        # the charges of points lo..hi onto the grid, in point order
         c = charges.shape[1]
         p = wts.shape[2]
         for i in range(lo, hi):
@@ -189,7 +178,7 @@ class CpuGrid:
         """Add the charges' interpolated masses to ``grid``, in an order set by the data only."""
         n = self.Y.shape[0]
         if n < self.SPLIT_MIN_N:
-            _spread(charges, self.first, self.wts, grid)
+            _spread_rows(charges, self.first, self.wts, grid, 0, n)
             return
         half = n // 2
         other = self._scratch("second grid", grid.shape)
