@@ -253,14 +253,12 @@ class UpperTriangle:
             self.values[at : at + m] = values[a:b][keep]
             at += m
         nnz = len(self.indices)
+        from ._compiled import _blocks  # here, not at import: it loads numba
+
         n_blocks = int(min(self.MAX_BLOCKS, max(1, nnz // self.EDGES_PER_BLOCK)))
-        if n_blocks == 1 or n == 0:
-            bounds = [0, n]
-        else:
-            targets = nnz * np.arange(1, n_blocks) // n_blocks
-            bounds = sorted({0, n, *np.searchsorted(self.indptr, targets).tolist()})
-        self.row_lo = np.asarray(bounds[:-1], dtype=np.int64)
-        self.row_hi = np.asarray(bounds[1:], dtype=np.int64)
+        ranges = _blocks(self.indptr, n_blocks)
+        self.row_lo = np.asarray([a for a, _ in ranges], dtype=np.int64)
+        self.row_hi = np.asarray([b for _, b in ranges], dtype=np.int64)
         self.bases = self.row_lo.copy()
         reach = np.maximum.reduceat(np.append(self.indices, 0).astype(np.int64),
                                     np.minimum(self.indptr[self.row_lo], nnz)) if nnz else np.zeros(len(self.row_lo))
