@@ -20,7 +20,7 @@ held once more by the engine as int32 column indices and float32 values (``Spars
 the torch code needs are not built on the compiled CPU path);
 repulsion is the FFT grid (``mode="auto"`` for 2-D maps above a few thousand points).
 ICONClustering trains on minibatches of the sparse ``p`` and evaluates its loss and assignments
-on blocks (``diagonal_blocks`` walks the CSR rows, never a COO copy of ``p``). Nothing is n x n.
+over whole rows in chunks of anchors (``whole_row_loss``, never a COO copy of ``p``). Nothing is n x n.
 
 Run ``python -m benchmarks.scale_million [--n 1000000] [--n-opentsne 200000] [--n-jobs 2]``;
 ``--only tsne,clustering,opentsne`` picks rows.

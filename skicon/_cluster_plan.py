@@ -6,7 +6,7 @@ Functions of the estimator's parameters (``est``), kept out of the estimator fil
 import numpy as np
 import torch
 
-from ._cluster_train import ClusterPlan, forward_block_loss, graph_degrees, reverse_block_loss
+from ._cluster_train import ClusterPlan, graph_degrees, reverse_block_loss, whole_row_loss
 from ._registry import resolve_method
 from .augment import apply_augment
 from .kernels import ClusterKernel, Debiased, Graph, Propagated, UniformKNN, normalize_rows
@@ -107,7 +107,11 @@ def augmented(est, X, anchors, generator):
 
 
 def row_loss(est, logits, P=None, degrees=None, Z=None, block=None):
-    """The row's loss of ``logits`` on consecutive blocks (training data unless P/Z given)."""
+    """The row's loss of ``logits`` (training data unless P/Z given).
+
+    Forward rows: over whole rows of p (:func:`~skicon._cluster_train.whole_row_loss`); the
+    reverse and centroid rows: on consecutive blocks of ``block`` samples.
+    """
     plan, block = est._plan, block or est.batch_size
     if plan.row in CENTROID_ROWS:
         Z = est._train_Z if Z is None else Z
@@ -120,6 +124,5 @@ def row_loss(est, logits, P=None, degrees=None, Z=None, block=None):
             return exp_graph_log_p(torch.as_tensor(P[idx][:, idx].toarray()), torch.as_tensor(degrees[idx]))
 
         return reverse_block_loss(log_p, logits, block, degrees=d, alpha_q=plan.alpha_q)
-    return forward_block_loss(P, logits, block, alpha=plan.alpha, alpha_q=plan.alpha_q, degrees=d,
-                              include_self=plan.include_self)
+    return whole_row_loss(P, logits, alpha=plan.alpha, alpha_q=plan.alpha_q, degrees=d, include_self=plan.include_self)
 

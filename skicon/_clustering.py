@@ -87,8 +87,11 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         (forward rows).
     n_init : int, default=8
         Restarts. Learned heads train side by side; at a quarter and at half of ``max_iter``
-        (not before step 100) the worse half by mean loss over the last 50 steps stops, down
-        to two; the survivor with the lowest final loss is kept. Every other restart (the
+        (not before step 100) the worse half stops, down to two, and after the last step the
+        survivor with the lowest loss is kept, all scored by the row's loss over whole rows
+        of p on one fixed sample of 2,048 anchors (the ``loss_`` figure on a sample; the
+        heads' recent batch losses ranked them worse, and on MNIST-5k the former block loss
+        ranked them backwards). Every other restart (the
         first, third, ...) of an MLP or linear head starts from a k-means assignment of its
         own features: greedy k-means++ and 10 Lloyd steps on the input of its last layer set
         that layer to the nearest-centre logits; the others keep their random initialisation.
@@ -145,16 +148,18 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     loss_curve_iterations_ : ndarray of shape (n_logs,)
         Iteration of each entry of ``loss_curve_``.
     loss_ : float
-        The row's loss of the fitted model on the training data, evaluated exactly in
-        consecutive blocks of ``batch_size`` (exact whenever n_samples <= batch_size): for the
-        forward rows and "ncut" the training objective with ``p_`` and ``q_``; for
+        The row's loss of the fitted model on the training data. Forward rows: the KL with
+        ``p_`` and ``q_`` over every sample's whole row of p, q normalised by the cluster
+        masses of all samples, the uniform parts on a fixed sample of 512 candidates (exactly
+        the row's KL when n_samples <= 512). "ncut": exact on consecutive blocks of
+        ``batch_size``; for
         "kmeans"/"spectral" the row's reverse I-Con loss with the Gaussian ``p_`` at the
         resolved bandwidth (sigma^2 = inertia / (n_samples n_features)) and the head's logits.
     module_ : torch.nn.Module
         The kept head (features to cluster logits; centre scores for the centroid rows).
     init_losses_ : ndarray of shape (n_init,)
-        Each restart's final figure: mean loss over its last trained steps (learned heads), or
-        its k-means objective after the polish.
+        Each restart's last selection loss, at the step it stopped (learned heads), or its
+        k-means objective after the polish.
     init_n_iter_ : ndarray of shape (n_init,)
         Steps each restart was trained (learned heads).
     p_, q_ : Kernel
@@ -360,7 +365,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             augment = None if self.augment is None else (lambda a: augmented(self, X, a, aug_gen))
             objective = PairObjective(inputs, P, plan, seed, n_negatives=self.n_negatives, n_init=self.n_init,
                                       degrees=degrees, augment=augment)
-        best, history, self.init_losses_, trainer = train_heads(module, objective, n_samples=n, plan=plan,
+        best, history, self.init_losses_, trainer = train_heads(module, objective, n_samples=n, P=P, plan=plan,
                                                                 est=self, seed=seed)
         self.init_n_iter_ = np.isfinite(history).sum(axis=0)
         self.module_ = module.head(best).eval()
@@ -517,8 +522,9 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     def score(self, X, y=None):
         """Minus the row's loss of the fitted model on ``X`` (higher is better).
 
-        Learned heads: the exact loss over ``X`` in consecutive blocks of ``2 * batch_size``,
-        with p built on the KNN graph of ``X`` itself (degrees of that graph for a
+        Learned heads: the row's loss over ``X`` as ``loss_`` is computed (whole rows for the
+        forward rows, consecutive blocks of ``2 * batch_size`` for "ncut"), with p built on the
+        KNN graph of ``X`` itself (degrees of that graph for a
         degree-weighted q). "kmeans"/"spectral": minus the mean squared distance to the
         nearest centre (as ``KMeans.score``).
 

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from skicon._cluster_train import diagonal_blocks, forward_block_loss
+from skicon._cluster_train import whole_row_loss
 from skicon.kernels import normalize_rows
 from skicon.objectives._cluster import _UniformLogSum, cluster_kernel_loss
 
@@ -33,45 +33,72 @@ def test_uniform_log_sum_matches_autograd(m, n_u):
     assert torch.autograd.gradcheck(lambda a, b: _UniformLogSum.apply(a, b, cols_u, 0.05), (phi_s, w_u))
 
 
-def _per_block_reference(P, logits, block, **kw):
-    """``loss_``'s definition written out: each block's P[idx][:, idx], renormalised, on its own."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    n, total, count = logits.shape[0], 0.0, 0
-    for s in range(0, n, block):
-        idx = np.arange(s, min(n, s + block))
-        coo = normalize_rows(P[idx][:, idx]).tocoo()
-        if len(idx) < 2 or coo.nnz == 0:
-            continue
-        d = kw.get("degrees")
-        loss = cluster_kernel_loss(logits[idx][None], torch.as_tensor(coo.row, dtype=torch.long),
-                                   torch.as_tensor(coo.col, dtype=torch.long), torch.as_tensor(coo.data),
-                                   **{**kw, "degrees": None if d is None else torch.as_tensor(d[idx])})
-        rows = len(np.unique(coo.row))
-        total, count = total + float(loss[0]) * rows, count + rows
-    return total / max(count, 1)
+def _dense_row_kl(P, logits, *, alpha=0.0, alpha_q=0.0, degrees=None, include_self=False):
+    """The forward row's KL over all samples written densely in numpy (an independent formula)."""
+    P = P.toarray()
+    n = P.shape[0]
+    z = logits - logits.max(1, keepdims=True)
+    phi = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    psi = phi * (np.ones(n) if degrees is None else degrees)[:, None]
+    q = phi @ (psi / psi.sum(0)).T
+    if not include_self:
+        q = q / (1 - np.diag(q))[:, None]
+        np.fill_diagonal(q, 0.0)
+    q = (1 - alpha_q) * q + alpha_q / (n if include_self else n - 1)
+    p = (1 - alpha) * P + alpha / (n - 1)
+    np.fill_diagonal(p, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    return terms.sum(1).mean()
 
 
-@pytest.mark.parametrize("n, block", [(257, 64), (129, 2), (100, 1000), (96, 32)])
+@pytest.mark.parametrize("n", [40, 97])
 @pytest.mark.parametrize("kw", [dict(alpha=0.3, alpha_q=0.3), dict(alpha=0.0, alpha_q=0.0),
-                                dict(alpha=0.5, alpha_q=0.1, include_self=True, degrees=True)])
-def test_forward_block_loss_equals_the_per_block_definition(n, block, kw):
-    # 257 = 4 blocks and a last block of one sample (skipped); sparse rows leave some anchors
-    # without a positive inside their block (they do not count).
+                                dict(alpha=0.5, alpha_q=0.1, include_self=True, degrees=True),
+                                dict(alpha=0.2, alpha_q=0.4, degrees=True)])
+def test_whole_row_loss_is_the_dense_row_kl(n, kw):
+    # n below SELECT_CANDIDATES: every sample is a candidate, so loss_ is exactly the row's KL;
+    # chunks of 7 anchors give the same figure as one pass
     rng = np.random.RandomState(n)
-    P = sp.random(n, n, density=0.04, random_state=rng, format="csr")
+    P = sp.random(n, n, density=0.08, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr")
     P.setdiag(0)
     P.eliminate_zeros()
     P = normalize_rows(P)
     logits = rng.randn(n, 5) * 3
     if kw.get("degrees"):
         kw = {**kw, "degrees": rng.rand(n) + 0.5}
-    got = forward_block_loss(P, logits, block, **kw)
-    assert got == pytest.approx(_per_block_reference(P, logits, block, **kw), rel=1e-10, abs=1e-12)
+    expected = _dense_row_kl(P, logits, **kw)
+    assert whole_row_loss(P, logits, **{"alpha": 0, "alpha_q": 0, **kw}) == pytest.approx(expected, rel=1e-10)
+    assert whole_row_loss(P, logits, chunk=7, **{"alpha": 0, "alpha_q": 0, **kw}) == pytest.approx(expected, rel=1e-10)
 
 
-def test_diagonal_blocks_keeps_only_each_blocks_renormalised_entries():
-    P = normalize_rows(sp.csr_matrix(np.array([[0, 1, 3, 0], [2, 0, 0, 2], [0, 0, 0, 1], [5, 0, 0, 0]], float)))
-    rows, cols, vals, bounds = diagonal_blocks(P, 2)
-    # block 0 = samples {0, 1}, block 1 = {2, 3}; row 3's only entry (column 0) is outside its block
-    assert list(zip(rows.tolist(), cols.tolist(), vals.tolist())) == [(0, 1, 1.0), (1, 0, 1.0), (2, 3, 1.0)]
-    assert bounds[:3].tolist() == [0, 2, 3]
+def test_whole_row_loss_is_the_training_loss_on_one_batch_of_all_samples():
+    # cluster_kernel_loss (the training step's loss) with every sample in one batch, exact
+    # negatives, and every positive of p: the same KL
+    rng = np.random.RandomState(3)
+    n = 50
+    P = normalize_rows(sp.csr_matrix(rng.rand(n, n) * (rng.rand(n, n) < 0.2) + np.eye(n, k=-1)))
+    P.setdiag(0)
+    P.eliminate_zeros()
+    P = normalize_rows(P)
+    logits = rng.randn(n, 4)
+    coo = P.tocoo()
+    batch = cluster_kernel_loss(torch.as_tensor(logits)[None], torch.as_tensor(coo.row, dtype=torch.long),
+                                torch.as_tensor(coo.col, dtype=torch.long), torch.as_tensor(coo.data),
+                                alpha=0.3, alpha_q=0.2)
+    assert whole_row_loss(P, logits, alpha=0.3, alpha_q=0.2) == pytest.approx(float(batch[0]), rel=1e-10)
+
+
+def test_whole_row_loss_estimates_the_uniform_part_on_a_candidate_sample(monkeypatch):
+    # above SELECT_CANDIDATES the uniform part and the masses come from a sample: close to the
+    # exact figure (a mean over many anchors), not equal
+    import skicon._cluster_train as ct
+
+    rng = np.random.RandomState(0)
+    n = 400
+    P = normalize_rows(sp.random(n, n, density=0.05, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
+    logits = rng.randn(n, 6) * 2
+    exact = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
+    monkeypatch.setattr(ct, "SELECT_CANDIDATES", 100)
+    sampled = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
+    assert sampled != exact and sampled == pytest.approx(exact, rel=0.02)

@@ -358,35 +358,34 @@ def test_kept_heads_are_the_named_ones(fused):
         assert torch.allclose(module.head(3)(x), heads[3](x), atol=1e-6)
 
 
-def test_restarts_are_pruned_on_recent_loss(blobs, monkeypatch):
-    # n_init=4, max_iter=200: the worse two (mean loss over steps 51-100) stop at step 100.
+def test_restarts_are_pruned_on_the_selection_loss(blobs, monkeypatch):
+    # n_init=4, max_iter=200: at step 100 the four heads are scored on the selection sample and
+    # the worse two stop; after step 200 the better survivor is kept. With 240 samples every
+    # sample is an anchor and a candidate, so the selection loss is loss_'s figure.
     import skicon._cluster_train as clustering
 
     seen = []
-    original = clustering.cluster_kernel_loss
+    original = clustering.sampled_row_loss
 
     def recording(*args, **kwargs):
         losses = original(*args, **kwargs)
-        seen.append(losses.detach().numpy().copy())
+        seen.append(losses.numpy().copy())
         return losses
 
-    monkeypatch.setattr(clustering, "cluster_kernel_loss", recording)
+    monkeypatch.setattr(clustering, "sampled_row_loss", recording)
     X, _ = blobs
     est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, random_state=0).fit(X)
-    # 200 training steps, then loss_: the kept head on 4 consecutive blocks of 64 (float64)
-    assert [len(s) for s in seen] == [4] * 100 + [2] * 100 + [1] * 4
-    seen = seen[:200]
+    # step 100 (four heads), the end (two heads), then loss_ of the kept head
+    assert [len(s) for s in seen] == [4, 2, 1]
     assert sorted(est.init_n_iter_.tolist()) == [100, 100, 200, 200]
     survivors = np.flatnonzero(est.init_n_iter_ == 200)
-    window = np.array(seen[50:100]).mean(axis=0)
-    assert sorted(survivors.tolist()) == sorted(np.argsort(window)[:2].tolist())
-    # each restart's figure is its own recent mean; the kept head is the better survivor
+    assert sorted(survivors.tolist()) == sorted(np.argsort(seen[0])[:2].tolist())
     dropped = np.flatnonzero(est.init_n_iter_ == 100)
-    assert np.allclose(est.init_losses_[dropped], window[dropped])
+    assert np.array_equal(est.init_losses_[dropped], seen[0][dropped])
+    assert np.array_equal(est.init_losses_[survivors], seen[1])
+    # the kept head is the better survivor: loss_ (its whole-row loss) is the lower final score
+    assert seen[2][0] == pytest.approx(seen[1].min(), rel=1e-5) and est.loss_ == pytest.approx(seen[1].min(), rel=1e-5)
     assert est.n_iter_ == 200 and est.loss_curve_iterations_.tolist() == [50, 100, 150, 200]
-    # the last logged loss is the kept head's mean over steps 151-200, its init_losses_ the mean
-    # over its last 50 steps: the same window
-    assert np.isclose(est.init_losses_[survivors].min(), est.loss_curve_[-1])
 
 
 def test_positive_sampler_draws_each_row_distribution():
@@ -579,7 +578,9 @@ def test_ncut_trains_its_reverse_row_on_batch_blocks(blobs):
         est = ICONClustering(4, method="ncut", random_state=0, **FAST).fit(X)
     finally:
         ct.exp_graph_log_p = original
-    assert max(sizes) <= 2 * FAST["batch_size"] and len(sizes) == FAST["max_iter"]
+    # one block per training step, then the restarts' selection sample: the 240 samples in
+    # blocks of 64 (4 blocks), scored once after the last step (no pruning in 60 steps)
+    assert max(sizes) <= 2 * FAST["batch_size"] and len(sizes) == FAST["max_iter"] + 4
     assert isinstance(est.p_, Graph) and est.p_.exponential and est.q_.degree_weighted
     # The row is Ncut minus the entropy of q (Theorem 11): the fitted heads beat the true
     # partition on it (few large clusters win), which is why it is not the default.

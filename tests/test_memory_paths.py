@@ -1,15 +1,15 @@
 """The memory-lean forms of p's construction give what the direct definitions give.
 
 At a million points the supervisory matrices hold 10^7 - 10^8 entries, so their construction
-works in place or in blocks of rows (``drop_diagonal`` with int32 row ids, ``diagonal_blocks``
-whole blocks at a time, the perplexity calibration in blocks of rows). These tests check each
+works in place or in blocks of rows (``drop_diagonal`` with int32 row ids, the perplexity
+calibration in blocks of rows; ICONClustering's ``whole_row_loss`` takes chunks of anchors, see
+``test_cluster_fast_paths.py``). These tests check each
 against its definition, with inputs large enough to cross the block boundaries.
 """
 
 import numpy as np
 import scipy.sparse as sp
 
-from skicon._cluster_train import diagonal_blocks
 from skicon.kernels import Gaussian
 from skicon.kernels import _distance
 from skicon.kernels._base import drop_diagonal, normalize_rows
@@ -33,25 +33,6 @@ def test_drop_diagonal_matches_its_definition():
     np.testing.assert_array_equal(out.toarray(), dense)
     assert out.nnz == np.count_nonzero(dense) and out.has_sorted_indices
     assert out.indptr[5] == out.indptr[6] and out.indptr[7] == out.indptr[8]
-
-
-def test_diagonal_blocks_over_several_steps_matches_the_global_definition():
-    # enough entries that diagonal_blocks walks the rows in several steps of whole blocks
-    rng = np.random.RandomState(1)
-    n, per_row, block = 30_000, 100, 1000
-    rows = np.repeat(np.arange(n), per_row)
-    cols = (rows + rng.randint(-1500, 1500, len(rows))) % n
-    P = normalize_rows(sp.csr_matrix((rng.rand(len(rows)), (rows, cols)), shape=(n, n)))
-    assert P.nnz > 2 * (1 << 20)  # more than two steps
-    r, c, v, bounds = diagonal_blocks(P, block)
-    coo = P.tocoo()
-    keep = coo.row // block == coo.col // block
-    ref_r, ref_c, ref_v = coo.row[keep], coo.col[keep], coo.data[keep]
-    sums = np.bincount(ref_r, weights=ref_v, minlength=n)
-    np.testing.assert_array_equal(r, ref_r)
-    np.testing.assert_array_equal(c, ref_c)
-    np.testing.assert_allclose(v, ref_v / sums[ref_r], rtol=1e-15)
-    np.testing.assert_array_equal(bounds, np.searchsorted(ref_r, np.arange(0, n + block, block)))
 
 
 def test_blockwise_perplexity_calibration_is_the_all_rows_calibration(monkeypatch):

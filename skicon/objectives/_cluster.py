@@ -3,6 +3,8 @@
 * :func:`cluster_kernel_loss`: forward KL of the (debiased) cluster kernel against a sparse
   block of positives (the "mi" and "infonce_clustering" rows), with an unbiased sampled estimate
   of the uniform part of a debiased p.
+* :func:`sampled_row_loss`: the forward loss over whole rows of p for a sample of anchors, with
+  the cluster masses of all samples (how ICONClustering compares its restarts).
 * :func:`reverse_cluster_loss`: reverse KL of the (degree-weighted) cluster kernel, self
   included, against a dense block of log p (the "ncut", "kmeans" and "spectral" rows).
 * :func:`exp_graph_log_p`: the "ncut" row's p(j|i) ∝ exp(A_ij / d_j) on a block of the graph.
@@ -17,7 +19,7 @@ import torch
 
 from ..kernels._transforms import debias, debias_coefficients, debiased_plogp
 
-__all__ = ["cluster_kernel_loss", "reverse_cluster_loss", "exp_graph_log_p", "probabilistic_kmeans_loss",
+__all__ = ["cluster_kernel_loss", "sampled_row_loss", "reverse_cluster_loss", "exp_graph_log_p", "probabilistic_kmeans_loss",
            "temi_loss"]
 
 
@@ -162,6 +164,101 @@ def cluster_kernel_loss(logits, rows, cols, vals, *, alpha=0.0, alpha_q=0.0, can
     has_mass[rows] = True
     per_row = (loss + plogp[None, :]) * has_mass[None, :]
     return per_row.sum(dim=1) / has_mass.sum().clamp_min(1)
+
+
+def sampled_row_loss(logits, anchors, rows, cols, vals, candidates, *, n_samples, alpha=0.0, alpha_q=0.0,
+                     degrees=None, include_self=False):
+    """Forward I-Con loss of the debiased cluster kernel over whole rows of p, on a sample.
+
+    The population version of :func:`cluster_kernel_loss` (self pair excluded): for anchors i
+    with their whole sparse rows p(.|i), and ``phi = softmax(logits)`` of every node involved,
+
+    * the cluster masses ``M_c = sum_k phi_kc d_k`` over all ``n`` samples, estimated as
+      ``n / |U| sum_{k in U} phi_kc d_k`` on the candidate sample U;
+    * ``q(j|i) = sum_c phi_ic phi_jc d_j / M_c``, renormalised over ``j != i`` (divided by
+      ``1 - q(i|i)``) unless ``include_self``;
+    * ``q~ = debias(q, alpha_q, N_q)`` (``N_q = n - 1``, or ``n`` with the self pair) and
+      ``p~ = debias(p, alpha, n - 1)``;
+    * ``KL(p~(.|i) || q~(.|i))``, the uniform part of ``p~`` averaged over the candidates
+      other than i, the mean over anchors.
+
+    Each anchor sees every positive of its row, not one sampled per step, and q is normalised
+    by the masses of all samples, not of one batch: a low-variance figure to rank heads by.
+    Debiasing over ``n - 1`` candidates instead of a batch's ``m - 1`` keeps the ratio of the
+    two parts of q~, so the loss differs from the batch loss's expectation by about
+    ``log(n / m)`` (and by the batch's noise). Float64, one head at a time (memory
+    O(nnz + |anchors| |U|)).
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (R, n_nodes, n_clusters)
+        Logits of the nodes: the anchors, their positives and the candidates.
+    anchors : torch.Tensor of int64, shape (a,)
+        Node of each anchor.
+    rows : torch.Tensor of int64, shape (nnz,)
+        Anchor (0 .. a - 1) of each entry of p.
+    cols : torch.Tensor of int64, shape (nnz,)
+        Node of each entry's candidate (never the anchor itself).
+    vals : torch.Tensor of shape (nnz,)
+        p(j|i); each anchor's entries sum to one.
+    candidates : torch.Tensor of int64, shape (u,)
+        Nodes of the candidate sample U, drawn uniformly from all samples.
+    n_samples : int
+        n, the number of samples the rows and masses are over.
+    alpha, alpha_q : float, default=0.0
+        Debiasing of p and of q.
+    degrees : torch.Tensor of shape (n_nodes,), default=None
+        Candidate degrees of a degree-weighted kernel.
+    include_self : bool, default=False
+        Whether the self pair is a candidate of q (``ClusterKernel(include_self=True)``).
+
+    Returns
+    -------
+    torch.Tensor of shape (R,)
+        Each head's mean KL over the anchors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = 9.0 * torch.tensor([[[1.0, 0], [1, 0], [0, 1], [0, 1]]])
+    >>> rows, cols = torch.tensor([0, 1]), torch.tensor([1, 0])
+    >>> loss = sampled_row_loss(logits, torch.tensor([0, 1]), rows, cols, torch.ones(2),
+    ...                         torch.arange(4), n_samples=4)
+    >>> float(loss[0]) < 1e-3
+    True
+    """
+    R, n_nodes, _ = logits.shape
+    a, u, n = len(anchors), len(candidates), float(n_samples)
+    vals = vals.double()
+    scale, offset = debias_coefficients(alpha_q, n if include_self else n - 1)
+    scale_p, _ = debias_coefficients(alpha, n - 1)
+    plogp = debiased_plogp(vals, rows, a, n - 1, alpha)
+    is_self = anchors[:, None] == candidates[None, :]
+    n_valid = (u - is_self.sum(dim=1)).clamp_min(1).double()
+    tiny = torch.finfo(torch.float64).tiny
+    out = []
+    for r in range(R):
+        phi = _softmax_last(logits[r].double())
+        psi = phi if degrees is None else phi * degrees.double()[:, None]
+        mass = psi[candidates].sum(dim=0) * (n / u)
+        w = psi / mass.clamp_min(tiny)
+        pa = phi[anchors]
+        if include_self:
+            pa = pa * scale
+        else:
+            q_self = (pa * w[anchors]).sum(dim=1)
+            pa = pa * (scale / (1.0 - q_self).clamp_min(torch.finfo(torch.float64).eps))[:, None]
+
+        def log_q(x):
+            return torch.log(x + offset) if offset > 0 else torch.log(x.clamp_min(tiny))
+
+        cross = -scale_p * torch.zeros(a, dtype=torch.float64).index_add(
+            0, rows, vals * log_q((pa[rows] * w[cols]).sum(dim=1)))
+        if alpha > 0:
+            log_u = log_q(pa @ w[candidates].T).masked_fill(is_self, 0.0)
+            cross = cross - alpha * log_u.sum(dim=1) / n_valid
+        out.append((cross + plogp).mean())
+    return torch.stack(out)
 
 
 def reverse_cluster_loss(logits, log_p, *, degrees=None, cand_logits=None, alpha_q=0.0):
