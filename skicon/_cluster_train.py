@@ -177,33 +177,34 @@ class BlockObjective:
 
     def __call__(self, mod, anchors, teacher):
         a = anchors.numpy()
-        pos = self.sampler.sample(a)
-        idx = np.unique(np.concatenate([a, pos[pos >= 0]]))
-        inputs = self.inputs(idx)
-        A_block = torch.as_tensor(self.A[idx][:, idx].toarray(), dtype=torch.float32, device=inputs.device)
-        d = torch.as_tensor(self.degrees[idx], dtype=torch.float32, device=inputs.device)
+        inputs, log_p, d = self.block(a, self.sampler.sample(a))
         logits = mod(inputs)
         cand = None
         if teacher is not mod:
             with torch.no_grad():
                 cand = teacher(inputs)
-        losses = reverse_cluster_loss(logits, exp_graph_log_p(A_block, d), cand_logits=cand,
-                                      degrees=d if self.plan.degree_weighted else None, alpha_q=self.plan.alpha_q)
+        losses = reverse_cluster_loss(logits, log_p, cand_logits=cand, degrees=d, alpha_q=self.plan.alpha_q)
         return record_heads(self, mod, losses)
 
+    def block(self, anchors, positives):
+        """The heads' inputs, log p and the kernel's degrees (None unless degree-weighted) on a block.
+
+        The block is the anchors and their graph neighbours (``positives``; -1 for none).
+        """
+        idx = np.unique(np.concatenate([anchors, positives[positives >= 0]]))
+        inputs = self.inputs(idx)
+        A_block = torch.as_tensor(self.A[idx][:, idx].toarray(), dtype=torch.float32, device=inputs.device)
+        d = torch.as_tensor(self.degrees[idx], dtype=torch.float32, device=inputs.device)
+        return inputs, exp_graph_log_p(A_block, d), d if self.plan.degree_weighted else None
 
     def selection_loss(self, mod, sel):
         """Each evaluated head's reverse KL on the fixed blocks of :class:`SelectionSet`."""
-        total, batches = 0.0, sel.batches
-        for anchors, positives in batches:
-            idx = np.unique(np.concatenate([anchors, positives[positives >= 0]]))
-            inputs = self.inputs(idx)
-            A_block = torch.as_tensor(self.A[idx][:, idx].toarray(), dtype=torch.float32, device=inputs.device)
-            d = torch.as_tensor(self.degrees[idx], dtype=torch.float32, device=inputs.device)
-            losses = reverse_cluster_loss(mod(inputs), exp_graph_log_p(A_block, d),
-                                          degrees=d if self.plan.degree_weighted else None, alpha_q=self.plan.alpha_q)
-            total = total + losses.double() * len(anchors)
-        return (total / sum(len(a) for a, _ in batches)).cpu().numpy()
+        total = 0.0
+        for anchors, positives in sel.batches:
+            inputs, log_p, d = self.block(anchors, positives)
+            total = total + reverse_cluster_loss(mod(inputs), log_p, degrees=d, alpha_q=self.plan.alpha_q).double() \
+                * len(anchors)
+        return (total / sum(len(a) for a, _ in sel.batches)).cpu().numpy()
 
 
 class SelectionSet:
