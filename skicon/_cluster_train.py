@@ -260,8 +260,15 @@ def row_sample(P, anchors, candidates):
     candidates) and the keyword arguments of
     :func:`~skicon.objectives._cluster.sampled_row_loss` that index into them.
     """
-    block = sp.csr_matrix(P)[anchors]
-    nodes, inverse = np.unique(np.concatenate([anchors, block.indices, candidates]), return_inverse=True)
+    P = sp.csr_matrix(P)
+    block = P[anchors]
+    wanted = np.concatenate([anchors, block.indices, candidates])
+    # positions by a mask over the samples, not np.unique: no sort of the rows' entries
+    mask = np.zeros(P.shape[0], dtype=bool)
+    mask[wanted] = True
+    nodes = np.flatnonzero(mask)
+    position = np.cumsum(mask) - 1
+    inverse = position[wanted]
     a, c = len(anchors), len(block.indices)
     return nodes, dict(anchors=torch.as_tensor(inverse[:a]), rows=torch.as_tensor(np.repeat(np.arange(a), np.diff(block.indptr))),
                        cols=torch.as_tensor(inverse[a : a + c]), vals=torch.as_tensor(block.data, dtype=torch.float64),
