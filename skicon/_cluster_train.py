@@ -14,6 +14,7 @@
   head (``loss_``, ``score``; :class:`SelectionSet` ranks the restarts by the former on a sample).
 """
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +36,12 @@ TEMI_PRIOR_MOMENTUM = 0.9
 
 #: Anchors of the fixed sample on which restarts are pruned and chosen (:class:`SelectionSet`).
 SELECT_ANCHORS = 2048
-#: Candidates of the uniform part and the cluster masses in the selection loss.
+#: Candidates of the uniform part and the cluster masses in the selection loss and ``loss_``.
 SELECT_CANDIDATES = 512
+#: Anchors of ``loss_`` and ``score`` (:func:`whole_row_loss`): all samples up to this many, else
+#: a fixed sample of this size. At a million MNIST-1D samples ``loss_`` took 1.7 s of a 92 s fit
+#: (78 s of it the neighbour graph), the selection 1.0 s; the cost grows with the anchors.
+LOSS_ANCHORS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -199,12 +204,12 @@ class BlockObjective:
 
     def selection_loss(self, mod, sel):
         """Each evaluated head's reverse KL on the fixed blocks of :class:`SelectionSet`."""
-        total = 0.0
-        for anchors, positives in sel.batches:
+        total, batches = 0.0, sel.batches(self.sampler)
+        for anchors, positives in batches:
             inputs, log_p, d = self.block(anchors, positives)
             total = total + reverse_cluster_loss(mod(inputs), log_p, degrees=d, alpha_q=self.plan.alpha_q).double() \
                 * len(anchors)
-        return (total / sum(len(a) for a, _ in sel.batches)).cpu().numpy()
+        return (total / sum(len(a) for a, _ in batches)).cpu().numpy()
 
 
 class SelectionSet:
@@ -230,13 +235,25 @@ class SelectionSet:
 
     def __init__(self, P, n_samples, batch_size, seed):
         rng = np.random.RandomState(seed)
-        self.n_samples = n_samples
-        anchors = rng.permutation(n_samples)[: min(n_samples, SELECT_ANCHORS)]
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
+        self.anchors = rng.permutation(n_samples)[: min(n_samples, SELECT_ANCHORS)]
         candidates = rng.permutation(n_samples)[: min(n_samples, SELECT_CANDIDATES)]
-        self.nodes, self.sample = row_sample(P, anchors, candidates)
-        positives = RowSampler(P, rng).sample(anchors)
-        self.batches = [(anchors[s : s + batch_size], positives[s : s + batch_size])
-                        for s in range(0, len(anchors), batch_size) if len(anchors[s : s + batch_size]) > 1]
+        self.nodes, self.sample = row_sample(P, self.anchors, candidates)
+        self._batches = None
+
+    def batches(self, sampler):
+        """The anchors in batches with one positive each (reverse row), drawn once.
+
+        The positives come from ``sampler``'s rows with a stream of their own (a shallow copy:
+        no second cumulative array over p, which is hundreds of MiB at a million samples).
+        """
+        if self._batches is None:
+            draw = copy.copy(sampler)
+            draw.rng = np.random.RandomState(self.seed + 1)
+            a, b = self.anchors, self.batch_size
+            positives = draw.sample(a)
+            self._batches = [(a[s : s + b], positives[s : s + b]) for s in range(0, len(a), b) if len(a[s : s + b]) > 1]
+        return self._batches
 
     def losses(self, objective, module):
         """Each active head's selection loss, shape (len(module.active),)."""
@@ -279,24 +296,27 @@ def whole_row_loss(P, logits, *, alpha, alpha_q, degrees=None, include_self=Fals
     """The forward rows' loss of ``logits`` (one head): every anchor with its whole row of ``P``.
 
     :func:`~skicon.objectives._cluster.sampled_row_loss` over all samples as anchors (in chunks
-    of ``chunk`` rows), with the uniform part and the cluster masses on ``min(n,
-    SELECT_CANDIDATES)`` candidates drawn with seed 0: exactly the row's KL over all samples
-    when ``n <= SELECT_CANDIDATES``. ``loss_``, ``score`` and the restarts' ranking
-    (:class:`SelectionSet`) are this one figure. Float64.
+    of ``chunk`` rows; above :data:`LOSS_ANCHORS` samples, that many drawn with seed 0), with
+    the uniform part and the cluster masses on ``min(n, SELECT_CANDIDATES)`` candidates drawn
+    with seed 0: exactly the row's KL over all samples when ``n <= SELECT_CANDIDATES``.
+    ``loss_``, ``score`` and the restarts' ranking (:class:`SelectionSet`) are this one
+    figure. Float64.
     """
     P = sp.csr_matrix(P)
     n = P.shape[0]
     logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)[None]
-    candidates = np.random.RandomState(0).permutation(n)[: min(n, SELECT_CANDIDATES)]
+    rng = np.random.RandomState(0)
+    candidates = rng.permutation(n)[: min(n, SELECT_CANDIDATES)]
+    all_anchors = np.arange(n) if n <= LOSS_ANCHORS else np.sort(rng.permutation(n)[:LOSS_ANCHORS])
     total = 0.0
-    for s in range(0, n, chunk):
-        anchors = np.arange(s, min(n, s + chunk))
+    for s in range(0, len(all_anchors), chunk):
+        anchors = all_anchors[s : s + chunk]
         nodes, sample = row_sample(P, anchors, candidates)
         d = None if degrees is None else torch.as_tensor(np.asarray(degrees)[nodes], dtype=torch.float64)
         loss = sampled_row_loss(logits[:, nodes], **sample, n_samples=n, alpha=alpha, alpha_q=alpha_q, degrees=d,
                                 include_self=include_self)
         total += float(loss[0]) * len(anchors)
-    return total / max(n, 1)
+    return total / max(len(all_anchors), 1)
 
 
 def record_heads(objective, mod, losses):

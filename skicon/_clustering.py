@@ -151,7 +151,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         The row's loss of the fitted model on the training data. Forward rows: the KL with
         ``p_`` and ``q_`` over every sample's whole row of p, q normalised by the cluster
         masses of all samples, the uniform parts on a fixed sample of 512 candidates (exactly
-        the row's KL when n_samples <= 512). "ncut": exact on consecutive blocks of
+        the row's KL when n_samples <= 512); above 65,536 samples, the mean over a fixed
+        sample of 65,536 anchors. "ncut": exact on consecutive blocks of
         ``batch_size``; for
         "kmeans"/"spectral" the row's reverse I-Con loss with the Gaussian ``p_`` at the
         resolved bandwidth (sigma^2 = inertia / (n_samples n_features)) and the head's logits.

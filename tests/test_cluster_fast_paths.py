@@ -102,3 +102,19 @@ def test_whole_row_loss_estimates_the_uniform_part_on_a_candidate_sample(monkeyp
     monkeypatch.setattr(ct, "SELECT_CANDIDATES", 100)
     sampled = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
     assert sampled != exact and sampled == pytest.approx(exact, rel=0.02)
+
+
+def test_whole_row_loss_above_loss_anchors_is_the_mean_over_a_fixed_sample(monkeypatch):
+    # above LOSS_ANCHORS samples the mean is over a fixed sample of anchors: the same figure on
+    # every call, close to the mean over all anchors
+    import skicon._cluster_train as ct
+
+    rng = np.random.RandomState(1)
+    n = 400
+    P = normalize_rows(sp.random(n, n, density=0.05, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
+    logits = rng.randn(n, 6) * 2
+    every = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
+    monkeypatch.setattr(ct, "LOSS_ANCHORS", 200)
+    sampled = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3, chunk=64)
+    assert sampled == whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3, chunk=64)
+    assert sampled != every and sampled == pytest.approx(every, rel=0.05)
