@@ -117,6 +117,28 @@ def layers_of(module):
     return None
 
 
+class MergedHead(nn.Module):
+    """A head whose clusters are groups of another head's: logits ``log sum_{c in g} exp(z_c)``.
+
+    The softmax of the merged logits is the sum of the head's assignments over each group, so
+    the merged model is the same probabilistic clustering with clusters joined
+    (:func:`~skicon._cluster_train.merge_clusters` chooses the groups).
+    """
+
+    def __init__(self, head, groups):
+        super().__init__()
+        self.head = head
+        self.groups = [[int(c) for c in g] for g in groups]
+
+    def forward(self, x):
+        return merge_logits(self.head(x), self.groups)
+
+
+def merge_logits(z, groups):
+    """``log sum_{c in g} exp(z_c)`` for each group ``g`` (torch), over the last axis."""
+    return torch.stack([torch.logsumexp(z[..., g], dim=-1) for g in groups], dim=-1)
+
+
 class LogitTables(nn.Module):
     """R free tables of assignment logits, one row per sample: the "kmeans" relaxation's heads.
 

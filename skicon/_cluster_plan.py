@@ -46,8 +46,26 @@ def make_plan(est):
     if est.augment is not None and row.name == "ncut":
         raise ValueError("augment cannot be used with method='ncut': its p is over the graph's nodes.")
     degree_weighted, include_self, resolved["alpha_q"] = q_flags(est, row, resolved["alpha_q"])
+    resolved["overclustering"] = resolve_overclustering(est, row)
     return ClusterPlan(row=row.name, direction=row.direction, degree_weighted=degree_weighted,
                        include_self=include_self, **resolved)
+
+#: ``overclustering="auto"``: the heads of "infonce_clustering" learn this many times
+#: ``n_clusters`` outputs, merged by the loss (see :func:`skicon._cluster_heads.merge_clusters`).
+OVERCLUSTERING = 1.4
+
+
+def resolve_overclustering(est, row):
+    """``overclustering`` resolved: 1.4 for "infonce_clustering", 1 (no merging) for the other rows."""
+    value = est.overclustering
+    if value == "auto":
+        return OVERCLUSTERING if row.name == "infonce_clustering" else 1.0
+    if value != 1 and row.direction != "forward":
+        raise ValueError(f"overclustering={value!r} cannot be used with method={est.method!r}: the merge of "
+                         "extra clusters is judged by a forward row's loss; use method='infonce_clustering' or "
+                         "'mi', or overclustering=1.")
+    return float(value)
+
 
 def q_flags(est, row, alpha_q):
     """(degree_weighted, include_self, alpha_q) of q: the row's, or the given kernel's."""

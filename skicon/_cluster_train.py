@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._cluster_heads import LogitTables, kmeans_pp, lloyd_polish, pruning_schedule, sqdist
+from ._cluster_heads import LogitTables, kmeans_pp, lloyd_polish, merge_logits, pruning_schedule, sqdist
 from ._training import RowSampler, Trainer, check_callbacks, log_means
 from .objectives._cluster import (
     cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss, sampled_row_loss,
@@ -35,7 +35,9 @@ TEMI_PRIOR_MOMENTUM = 0.9
 
 
 #: Anchors of the fixed sample on which restarts are pruned and chosen (:class:`SelectionSet`).
-SELECT_ANCHORS = 2048
+SELECT_ANCHORS = 8192
+#: Anchors of the pruning steps' sample (a coarser cut than the final choice and the merges).
+PRUNE_ANCHORS = 2048
 #: Candidates of the uniform part and the cluster masses in the selection loss and ``loss_``.
 SELECT_CANDIDATES = 512
 #: Anchors of ``loss_`` and ``score`` (:func:`whole_row_loss`): all samples up to this many, else
@@ -57,6 +59,7 @@ class ClusterPlan:
     degree_weighted: bool
     include_self: bool
     learning_rate: float
+    overclustering: float = 1.0
 
 
 def graph_degrees(P):
@@ -233,10 +236,11 @@ class SelectionSet:
     anti-correlated with accuracy (Spearman -0.5 to -0.7 against this figure).
     """
 
-    def __init__(self, P, n_samples, batch_size, seed):
+    def __init__(self, P, n_samples, batch_size, seed, n_anchors=None):
         rng = np.random.RandomState(seed)
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
-        self.anchors = rng.permutation(n_samples)[: min(n_samples, SELECT_ANCHORS)]
+        n_anchors = SELECT_ANCHORS if n_anchors is None else n_anchors
+        self.anchors = rng.permutation(n_samples)[: min(n_samples, n_anchors)]
         candidates = rng.permutation(n_samples)[: min(n_samples, SELECT_CANDIDATES)]
         self.nodes, self.sample = row_sample(P, self.anchors, candidates)
         self._batches = None
@@ -265,6 +269,85 @@ class SelectionSet:
         return out
 
 
+#: Merges judged exactly per step of :func:`merge_clusters` (the best by the hard-label figure).
+MERGE_CANDIDATES = 5
+
+
+def merge_clusters(head, objective, selection, n_clusters):
+    """Join the head's clusters in pairs, each time by the join that leaves the lowest loss.
+
+    The heads learn more clusters than asked (``overclustering``); this brings them down to
+    ``n_clusters``. Each step ranks every pair of the current groups by the loss of the hard
+    labels after joining them (:func:`hard_merge_losses`, O(groups^2) from the sample's
+    cluster-to-cluster mass of p), then evaluates the best :data:`MERGE_CANDIDATES` exactly
+    (the selection loss of the merged soft assignments, :meth:`PairObjective.selection_loss`'s
+    figure on the same sample) and keeps the lowest. Returns the groups, a list of lists of
+    the head's clusters.
+
+    Why: on digits, MNIST-5k and MNIST-1D (5, 5 and 3 seeds) heads of 14 clusters merged to 10
+    this way scored 0.941 +- 0.008, 0.792 +- 0.012 and 0.211 +- 0.003 Hungarian accuracy,
+    against 0.912 +- 0.020, 0.786 +- 0.037 and 0.214 +- 0.007 for heads of 10. Ranking every
+    pair exactly gave the same on MNIST-5k (0.792 +- 0.012) at many times the cost; the
+    hard-label figure alone gave 0.933 +- 0.018 on digits.
+    """
+    plan = objective.plan
+    sample = selection.sample
+    with torch.no_grad():
+        logits = batched_logits(lambda x: head(x)[None], objective.inputs, selection.nodes)[0]  # (nodes, K)
+    d = None if objective.degrees is None else torch.as_tensor(objective.degrees[selection.nodes],
+                                                               dtype=torch.float64)
+    groups = [[c] for c in range(logits.shape[1])]
+    while len(groups) > n_clusters:
+        merged = merge_logits(logits, groups)
+        hard = hard_merge_losses(merged.argmax(dim=1).numpy(), sample, len(groups), plan)
+        pairs = np.transpose(np.triu_indices(len(groups), 1))
+        order = np.argsort(hard[pairs[:, 0], pairs[:, 1]], kind="stable")[:MERGE_CANDIDATES]
+        options = [joined(groups, *pairs[o]) for o in order]
+        losses = sampled_row_loss(torch.stack([merge_logits(logits, g) for g in options]), **sample,
+                                  n_samples=selection.n_samples, alpha=plan.alpha, alpha_q=plan.alpha_q, degrees=d,
+                                  include_self=plan.include_self)
+        groups = options[int(torch.argmin(losses))]
+    return groups
+
+
+def joined(groups, a, b):
+    """``groups`` with groups ``a`` and ``b`` joined (in ``a``'s place)."""
+    return [g + groups[b] if i == a else g for i, g in enumerate(groups) if i != b]
+
+
+def hard_merge_losses(labels, sample, n_groups, plan):
+    """The loss of hard labels after joining each pair of groups, up to a constant: (G, G).
+
+    For hard assignments of a batch of m samples, with ``pi_c`` the share of cluster c and
+    ``m_i`` the mass of p(.|i) inside i's cluster, an anchor's expected loss is, up to a
+    constant, ``-((1 - alpha) m_i + alpha pi_c) log(1 + (1 - alpha_q) (m - 1) / (alpha_q (m pi_c
+    - 1)))``: it depends on the labels only through each cluster's share and its inner mass of p,
+    so a join's effect follows from the cluster-to-cluster mass of the sample's rows. ``m`` is
+    256, ``alpha_q`` at least 0.05 (a hard q without debiasing has an infinite loss across
+    clusters): a ranking, not the objective.
+    """
+    labels = np.asarray(labels)
+    anchors, rows, cols = (sample[k].numpy() for k in ("anchors", "rows", "cols"))
+    vals = sample["vals"].numpy()
+    la, lc = labels[anchors][rows], labels[cols]
+    mass = np.bincount(la * n_groups + lc, weights=vals, minlength=n_groups * n_groups).reshape(n_groups, n_groups)
+    mass = mass / max(len(anchors), 1)  # share of all p mass, per pair of clusters
+    share = np.bincount(labels[sample["candidates"].numpy()], minlength=n_groups) / max(len(sample["candidates"]), 1)
+    anchor_share = np.bincount(labels[anchors], minlength=n_groups) / max(len(anchors), 1)
+    m, alpha, alpha_q = 256.0, plan.alpha, max(plan.alpha_q, 0.05)
+
+    def term(inner, pi, f):
+        # the anchors of a cluster (a share f of them) with inner mass `inner` and share pi
+        gain = np.log1p((1 - alpha_q) * (m - 1) / (alpha_q * np.maximum(m * pi - 1, 1e-3)))
+        return -gain * ((1 - alpha) * inner + alpha * f * pi)
+
+    own = term(np.diag(mass), share, anchor_share)
+    both = mass + mass.T
+    joined_term = term(np.diag(mass)[:, None] + np.diag(mass)[None, :] + both, share[:, None] + share[None, :],
+                       anchor_share[:, None] + anchor_share[None, :])
+    return joined_term - own[:, None] - own[None, :]
+
+
 def batched_logits(mod, inputs, idx, chunk=8192):
     """``mod(inputs(idx))`` in chunks of rows, float64, shape (R, len(idx), C)."""
     return torch.cat([mod(inputs(idx[s : s + chunk])).double().cpu() for s in range(0, len(idx), chunk)], dim=1)
@@ -287,7 +370,8 @@ def row_sample(P, anchors, candidates):
     position = np.cumsum(mask) - 1
     inverse = position[wanted]
     a, c = len(anchors), len(block.indices)
-    return nodes, dict(anchors=torch.as_tensor(inverse[:a]), rows=torch.as_tensor(np.repeat(np.arange(a), np.diff(block.indptr))),
+    rows = np.repeat(np.arange(a), np.diff(block.indptr))
+    return nodes, dict(anchors=torch.as_tensor(inverse[:a]), rows=torch.as_tensor(rows),
                        cols=torch.as_tensor(inverse[a : a + c]), vals=torch.as_tensor(block.data, dtype=torch.float64),
                        candidates=torch.as_tensor(inverse[a + c :]))
 
@@ -337,20 +421,23 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed):
     At each step of :func:`pruning_schedule` the active heads are scored on a fixed
     :class:`SelectionSet` and the better ones go on; after the last step the survivor with the
     lowest selection loss is kept. Returns the index of the kept head, the (iterations, n_init)
-    batch-loss history (NaN once a head stopped), each restart's last selection loss and the
-    Trainer.
+    batch-loss history (NaN once a head stopped), each restart's last selection loss, the
+    Trainer and the selection sample.
     """
     schedule = pruning_schedule(est.n_init, est.max_iter)
-    selection = SelectionSet(P, n_samples, min(est.batch_size, n_samples), seed + 5)
+    batch = min(est.batch_size, n_samples)
+    selection = SelectionSet(P, n_samples, batch, seed + 5)
+    # the first PRUNE_ANCHORS anchors of the same draw: the pruning steps' sample
+    early = selection if n_samples <= PRUNE_ANCHORS else SelectionSet(P, n_samples, batch, seed + 5, PRUNE_ANCHORS)
     scores = np.full(est.n_init, np.nan)
 
-    def score():
-        scores[module.active] = selection.losses(objective, module)
+    def score(sample=selection):
+        scores[module.active] = sample.losses(objective, module)
 
     def prune(trainer, loss):
         keep = schedule.get(trainer.n_iter)  # iterations done, 1-based
         if keep is not None:
-            score()
+            score(early)
             active = np.asarray(module.active)
             kept = active[np.argsort(scores[active], kind="stable")[:keep]]
             module.keep(kept)
@@ -367,7 +454,7 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed):
     trainer.run()
     score()
     best = int(module.active[np.argmin(scores[module.active])])
-    return best, np.array(objective.per_head), scores, trainer
+    return best, np.array(objective.per_head), scores, trainer, selection
 
 
 def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):

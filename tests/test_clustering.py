@@ -10,7 +10,7 @@ from skicon._cluster_heads import FusedHeads as _FusedHeads, Heads as _Heads, pr
 from skicon._cluster_train import graph_degrees
 from skicon._clustering import ICONClustering
 from skicon._training import RowSampler
-from skicon.kernels import ClusterKernel, Debiased, Graph
+from skicon.kernels import ClusterKernel, Debiased, Graph, normalize_rows
 from skicon.objectives import icon_loss
 from skicon.objectives._cluster import (
     cluster_kernel_loss, exp_graph_log_p, probabilistic_kmeans_loss, reverse_cluster_loss, temi_loss,
@@ -374,7 +374,7 @@ def test_restarts_are_pruned_on_the_selection_loss(blobs, monkeypatch):
 
     monkeypatch.setattr(clustering, "sampled_row_loss", recording)
     X, _ = blobs
-    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, random_state=0).fit(X)
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=1, random_state=0).fit(X)
     # step 100 (four heads), the end (two heads), then loss_ of the kept head
     assert [len(s) for s in seen] == [4, 2, 1]
     assert sorted(est.init_n_iter_.tolist()) == [100, 100, 200, 200]
@@ -589,3 +589,62 @@ def test_ncut_trains_its_reverse_row_on_batch_blocks(blobs):
     truth = torch.tensor(60.0 * (np.eye(3)[ys] - 0.5))
     truth_loss = float(get_method("ncut").loss(small.affinity_matrix_, truth, p=small.p_, q=small.q_))
     assert small.loss_ < truth_loss
+
+
+# -- overclustering: heads learn more clusters, joined by the loss -----------------------------
+def test_merged_head_sums_the_assignments_of_each_group():
+    from skicon._cluster_heads import MergedHead
+
+    head = make_mapper("mlp", 5, 6, hidden=(4,), random_state=0)
+    groups = [[0, 4], [1], [2, 3, 5]]
+    merged = MergedHead(head, groups)
+    x = torch.randn(9, 5)
+    with torch.no_grad():
+        phi = torch.softmax(head(x), dim=1)
+        got = torch.softmax(merged(x), dim=1)
+    expected = torch.stack([phi[:, g].sum(dim=1) for g in groups], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hard_merge_losses_are_the_change_of_the_hard_label_loss():
+    # hard_merge_losses[a, b] is L(labels with a and b joined) - L(labels), for L written out
+    from skicon._cluster_train import ClusterPlan, hard_merge_losses, row_sample
+
+    rng = np.random.RandomState(0)
+    n, G = 120, 5
+    P = normalize_rows(sp.random(n, n, density=0.1, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
+    labels = rng.randint(G, size=n)
+    _, sample = row_sample(P, np.arange(0, n, 2), rng.permutation(n)[:50])
+    plan = ClusterPlan(row="infonce_clustering", direction="forward", n_neighbors=10, walk_length=2, alpha=0.3,
+                       alpha_q=0.2, degree_weighted=False, include_self=False, learning_rate=0.02)
+    anchors, rows, cols = (sample[k].numpy() for k in ("anchors", "rows", "cols"))
+    vals, cand = sample["vals"].numpy(), sample["candidates"].numpy()
+
+    def loss(lab):
+        inner = np.bincount(rows, weights=vals * (lab[anchors][rows] == lab[cols]), minlength=len(anchors))
+        pi = np.bincount(lab[cand], minlength=G) / len(cand)
+        share = pi[lab[anchors]]
+        gain = np.log1p(0.8 * 255 / (0.2 * np.maximum(256 * share - 1, 1e-3)))
+        return float(np.mean(-gain * (0.7 * inner + 0.3 * share)))
+
+    hard = hard_merge_losses(labels, sample, G, plan)
+    for a in range(G):
+        for b in range(a + 1, G):
+            joined = np.where(labels == b, a, labels)
+            assert hard[a, b] == pytest.approx(loss(joined) - loss(labels), rel=1e-9, abs=1e-12)
+
+
+def test_overclustering_joins_the_extra_clusters_of_well_separated_blobs(blobs):
+    X, y = blobs
+    est = ICONClustering(4, n_init=2, max_iter=150, batch_size=64, overclustering=2.0, random_state=0).fit(X)
+    assert sorted(c for g in est.merged_groups_ for c in g) == list(range(8)) and len(est.merged_groups_) == 4
+    assert est.n_clusters_ == 4 and adjusted_rand_score(y, est.labels_) > 0.95
+    assert np.array_equal(est.predict(X), est.labels_)
+    plain = ICONClustering(4, overclustering=1, **FAST).fit(X)
+    assert plain.merged_groups_ == [[0], [1], [2], [3]]
+
+
+@pytest.mark.parametrize("method", ["ncut", "kmeans", "spectral"])
+def test_overclustering_is_rejected_by_rows_without_a_forward_loss(blobs, method):
+    with pytest.raises(ValueError, match="overclustering"):
+        ICONClustering(3, method=method, overclustering=1.5, **FAST).fit(blobs[0])
