@@ -121,19 +121,17 @@ class PairObjective:
         )
         return record_heads(self, mod, losses)
 
-    def pairs(self, b, device, views=True):
+    def pairs(self, b, device):
         """The batch's positive pairs (rows, cols, p values) as tensors, built once per batch size.
 
         Anchor t pairs with its sampled positive b + t both ways (and with its view 2b + t,
-        which pairs back with it, when ``augment`` is set and ``views``); each anchor row sums
-        to one.
+        which pairs back with it, when ``augment`` is set); each anchor row sums to one.
         """
-        views = views and self.augment is not None
-        key = (b, str(device), views)
+        key = (b, str(device))
         if key not in self._pairs:
             rows = [np.arange(b), np.arange(b, 2 * b)]
             cols = [np.arange(b, 2 * b), np.arange(b)]
-            if views:
+            if self.augment is not None:
                 rows += [np.arange(b), np.arange(2 * b, 3 * b)]
                 cols += [np.arange(2 * b, 3 * b), np.arange(b)]
             rows, cols = np.concatenate(rows), np.concatenate(cols)
@@ -150,10 +148,14 @@ class PairObjective:
         (estimated on the candidate sample), for the head itself (no EMA teacher). For "mi" the
         row's KL, not TEMI's surrogate (``loss_``'s objective).
         """
-        logits = batched_logits(mod, self.inputs, sel.nodes)
+        return self.sample_loss(batched_logits(mod, self.inputs, sel.nodes), sel).numpy()
+
+    def sample_loss(self, logits, sel):
+        """The row's :func:`~skicon.objectives._cluster.sampled_row_loss` of ``logits`` (R, nodes, C)
+        of the nodes of ``sel`` (a :class:`SelectionSet`), one figure per head."""
         d = None if self.degrees is None else torch.as_tensor(self.degrees[sel.nodes], dtype=torch.float64)
         return sampled_row_loss(logits, **sel.sample, n_samples=sel.n_samples, alpha=self.plan.alpha,
-                                alpha_q=self.plan.alpha_q, degrees=d, include_self=self.plan.include_self).numpy()
+                                alpha_q=self.plan.alpha_q, degrees=d, include_self=self.plan.include_self)
 
     def temi(self, mod, logits, cand, rows, cols, vals):
         """The "mi" row as TEMI trains it: :func:`temi_loss` with a moving cluster marginal.
@@ -294,8 +296,6 @@ def merge_clusters(head, objective, selection, n_clusters):
     sample = selection.sample
     with torch.no_grad():
         logits = batched_logits(lambda x: head(x)[None], objective.inputs, selection.nodes)[0]  # (nodes, K)
-    d = None if objective.degrees is None else torch.as_tensor(objective.degrees[selection.nodes],
-                                                               dtype=torch.float64)
     groups = [[c] for c in range(logits.shape[1])]
     while len(groups) > n_clusters:
         merged = merge_logits(logits, groups)
@@ -303,9 +303,7 @@ def merge_clusters(head, objective, selection, n_clusters):
         pairs = np.transpose(np.triu_indices(len(groups), 1))
         order = np.argsort(hard[pairs[:, 0], pairs[:, 1]], kind="stable")[:MERGE_CANDIDATES]
         options = [joined(groups, *pairs[o]) for o in order]
-        losses = sampled_row_loss(torch.stack([merge_logits(logits, g) for g in options]), **sample,
-                                  n_samples=selection.n_samples, alpha=plan.alpha, alpha_q=plan.alpha_q, degrees=d,
-                                  include_self=plan.include_self)
+        losses = objective.sample_loss(torch.stack([merge_logits(logits, g) for g in options]), selection)
         groups = options[int(torch.argmin(losses))]
     return groups
 

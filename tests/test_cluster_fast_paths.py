@@ -89,15 +89,19 @@ def test_whole_row_loss_is_the_training_loss_on_one_batch_of_all_samples():
     assert whole_row_loss(P, logits, alpha=0.3, alpha_q=0.2) == pytest.approx(float(batch[0]), rel=1e-10)
 
 
+def _sparse_rows_and_logits(seed, n=400):
+    """A random row-stochastic p (5 % density, a chain so no row is empty) and logits of 6 clusters."""
+    rng = np.random.RandomState(seed)
+    P = normalize_rows(sp.random(n, n, density=0.05, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
+    return P, rng.randn(n, 6) * 2
+
+
 def test_whole_row_loss_estimates_the_uniform_part_on_a_candidate_sample(monkeypatch):
     # above SELECT_CANDIDATES the uniform part and the masses come from a sample: close to the
     # exact figure (a mean over many anchors), not equal
     import skicon._cluster_train as ct
 
-    rng = np.random.RandomState(0)
-    n = 400
-    P = normalize_rows(sp.random(n, n, density=0.05, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
-    logits = rng.randn(n, 6) * 2
+    P, logits = _sparse_rows_and_logits(0)
     exact = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
     monkeypatch.setattr(ct, "SELECT_CANDIDATES", 100)
     sampled = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
@@ -109,10 +113,7 @@ def test_whole_row_loss_above_loss_anchors_is_the_mean_over_a_fixed_sample(monke
     # every call, close to the mean over all anchors
     import skicon._cluster_train as ct
 
-    rng = np.random.RandomState(1)
-    n = 400
-    P = normalize_rows(sp.random(n, n, density=0.05, random_state=rng, format="csr") + sp.eye(n, k=1, format="csr"))
-    logits = rng.randn(n, 6) * 2
+    P, logits = _sparse_rows_and_logits(1)
     every = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3)
     monkeypatch.setattr(ct, "LOSS_ANCHORS", 200)
     sampled = whole_row_loss(P, logits, alpha=0.3, alpha_q=0.3, chunk=64)
