@@ -26,17 +26,18 @@ class Heads(nn.Module):
     batch_axis = 1
     ddp_find_unused_parameters = True
 
-    def __init__(self, heads):
+    def __init__(self, heads, n_used=None):
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.active = list(range(len(heads)))
+        self.register_buffer("unused", unused_outputs(heads, n_used), persistent=False)
 
     def keep(self, indices):
         """Evaluate only the heads ``indices`` (original numbering) from now on."""
         self.active = sorted(int(i) for i in indices)
 
     def forward(self, x):
-        return torch.stack([self.heads[r](x) for r in self.active])
+        return mask_unused(torch.stack([self.heads[r](x) for r in self.active]), self.unused, self.active)
 
     def head(self, r):
         """The r-th head as a standalone module."""
@@ -56,9 +57,10 @@ class FusedHeads(nn.Module):
     batch_axis = 1
     ddp_find_unused_parameters = True
 
-    def __init__(self, heads):
+    def __init__(self, heads, n_used=None):
         super().__init__()
         self.template = copy.deepcopy(heads[0])
+        self.register_buffer("unused", unused_outputs(heads, n_used), persistent=False)
         self.kinds = []
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -96,7 +98,7 @@ class FusedHeads(nn.Module):
                 h = torch.baddbmm(b[:, None, :], h.expand(w.shape[0], -1, -1), w.transpose(1, 2))
             else:
                 h = item(h)
-        return h
+        return mask_unused(h, self.unused, self.active)
 
     def head(self, r):
         """The r-th head as a standalone module."""
@@ -107,6 +109,32 @@ class FusedHeads(nn.Module):
                     layer.weight.copy_(self.weights[item][r])
                     layer.bias.copy_(self.biases[item][r])
         return module.to(self.weights[0].device)
+
+
+#: The logit of an output a head does not use (:func:`mask_unused`): its softmax is exactly 0 in
+#: float32 and float64, and its log-softmax stays finite.
+UNUSED_LOGIT = -1e4
+
+
+def unused_outputs(heads, n_used):
+    """(R, C) bool: which outputs of each head are unused (head r uses its first ``n_used[r]`` of
+    ``C = max(n_used)`` outputs); None when every head uses all of them."""
+    if n_used is None:
+        return None
+    if len(n_used) != len(heads):
+        raise ValueError(f"n_used has {len(n_used)} entries for {len(heads)} heads.")
+    mask = torch.arange(max(n_used))[None, :] >= torch.as_tensor(n_used)[:, None]
+    return mask if bool(mask.any()) else None
+
+
+def mask_unused(logits, unused, active):
+    """``logits`` (R', m, C) of the ``active`` heads with their unused outputs at
+    :data:`UNUSED_LOGIT`: restarts of different cluster counts trained side by side (the
+    overclustering factors of ICONClustering). The masked outputs get no gradient, so their
+    weights never move (Adam's step of a zero gradient is zero)."""
+    if unused is None:
+        return logits
+    return logits.masked_fill(unused[active][:, None, :], UNUSED_LOGIT)
 
 
 def layers_of(module):
@@ -278,8 +306,9 @@ def seed_heads(heads, Xs, k, rng):
         Linear layers or Sequentials ending in one, as built by :func:`~skicon.mappers.make_mapper`.
     Xs : ndarray of shape (n_samples, n_features)
         The standardised training data the heads read.
-    k : int
-        Number of clusters (outputs of the heads).
+    k : int or list of int
+        Number of clusters of each head (all heads alike for an int): its first ``k``
+        outputs are seeded; the others are left as built (unused, see :func:`mask_unused`).
     rng : numpy.random.RandomState
         Seeding and subsampling.
 
@@ -292,10 +321,11 @@ def seed_heads(heads, Xs, k, rng):
     sample = rng.choice(n, INIT_SAMPLE, replace=False) if n > INIT_SAMPLE else np.arange(n)
     X_sample = torch.as_tensor(np.asarray(Xs[sample], dtype=np.float32))
     done = []
-    for head in heads:
+    ks = [k] * len(heads) if np.isscalar(k) else list(k)
+    for head, k in zip(heads, ks):
         layers = layers_of(head)
         last = None if not layers else layers[-1]
-        if not isinstance(last, nn.Linear) or last.bias is None or last.out_features != k:
+        if not isinstance(last, nn.Linear) or last.bias is None or last.out_features < k:
             done.append(False)
             continue
         with torch.no_grad():
@@ -310,8 +340,8 @@ def seed_heads(heads, Xs, k, rng):
                     if (labels == c).any():
                         centers[c] = H[labels == c].mean(0)
             temperature = INIT_SOFTNESS * max(float(sqdist(H, centers).min(1).mean()), 1e-12)
-            last.weight.copy_(torch.as_tensor(2.0 * centers / temperature, dtype=last.weight.dtype))
-            last.bias.copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=last.bias.dtype))
+            last.weight[:k].copy_(torch.as_tensor(2.0 * centers / temperature, dtype=last.weight.dtype))
+            last.bias[:k].copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=last.bias.dtype))
         done.append(True)
     return done
 

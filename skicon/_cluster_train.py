@@ -59,7 +59,7 @@ class ClusterPlan:
     degree_weighted: bool
     include_self: bool
     learning_rate: float
-    overclustering: float = 1.0
+    overclustering: tuple = (1.0,)
 
 
 def graph_degrees(P):
@@ -83,8 +83,11 @@ class _BatchInputs:
 class PairObjective:
     """Forward rows: anchors, sampled positives (and views), the sparse cluster-kernel loss."""
 
-    def __init__(self, inputs, P, plan, seed, *, n_negatives, n_init, degrees=None, augment=None):
+    def __init__(self, inputs, P, plan, seed, *, n_negatives, n_init, degrees=None, augment=None, n_clusters=None,
+                 n_used=None):
         self.inputs, self.plan, self.n_negatives, self.n_init = inputs, plan, n_negatives, n_init
+        # clusters asked for, and the outputs each head uses (None: every head's outputs are its clusters)
+        self.n_clusters, self.n_used = n_clusters, n_used
         self.sampler = RowSampler(P, np.random.RandomState(seed))
         self.augment = augment  # augment(anchors) -> view tensor, or None
         self.degrees = degrees
@@ -147,8 +150,20 @@ class PairObjective:
         whole row of p (no sampled positive, no views) and the cluster masses of all samples
         (estimated on the candidate sample), for the head itself (no EMA teacher). For "mi" the
         row's KL, not TEMI's surrogate (``loss_``'s objective).
+
+        Heads that use more outputs than ``n_clusters`` (overclustering) are scored after
+        joining their clusters down to ``n_clusters`` by the hard-label figure alone
+        (:func:`join_clusters` with ``exact=False``), so that heads of every factor compare on
+        one scale; the kept head's joins are then chosen exactly (:func:`merge_clusters`).
         """
-        return self.sample_loss(batched_logits(mod, self.inputs, sel.nodes), sel).numpy()
+        logits = batched_logits(mod, self.inputs, sel.nodes)
+        if self.n_used is not None:
+            k = self.n_clusters
+            logits = torch.stack([
+                merge_logits(z, join_clusters(z, self, sel, k, n_used=self.n_used[r], exact=False)[0])
+                if self.n_used[r] > k else z[:, :k] for z, r in zip(logits, getattr(mod, "active", range(len(logits))))
+            ])
+        return self.sample_loss(logits, sel).numpy()
 
     def sample_loss(self, logits, sel):
         """The row's :func:`~skicon.objectives._cluster.sampled_row_loss` of ``logits`` (R, nodes, C)
@@ -275,7 +290,14 @@ class SelectionSet:
 MERGE_CANDIDATES = 5
 
 
-def merge_clusters(head, objective, selection, n_clusters):
+def merge_clusters(head, objective, selection, n_clusters, n_used=None):
+    """:func:`join_clusters` of a head's logits on the nodes of ``selection``, judged exactly."""
+    with torch.no_grad():
+        logits = batched_logits(lambda x: head(x)[None], objective.inputs, selection.nodes)[0]  # (nodes, K)
+    return join_clusters(logits, objective, selection, n_clusters, n_used=n_used)
+
+
+def join_clusters(logits, objective, selection, n_clusters, n_used=None, exact=True):
     """Join the head's clusters in pairs, each time by the join that leaves the lowest loss.
 
     The heads learn more clusters than asked (``overclustering``); this brings them down to
@@ -283,8 +305,11 @@ def merge_clusters(head, objective, selection, n_clusters):
     labels after joining them (:func:`hard_merge_losses`, O(groups^2) from the sample's
     cluster-to-cluster mass of p), then evaluates the best :data:`MERGE_CANDIDATES` exactly
     (the selection loss of the merged soft assignments, :meth:`PairObjective.selection_loss`'s
-    figure on the same sample) and keeps the lowest. Returns the groups, a list of lists of
-    the head's clusters.
+    figure on the same sample) and keeps the lowest; with ``exact=False`` it keeps the best by
+    the hard-label figure (a cheap ranking of heads, used when pruning). ``logits`` (nodes, C)
+    are a head's on the nodes of ``selection``, of which the first ``n_used`` (all when None)
+    are clusters. Returns the groups, a list of lists of the head's clusters, and their
+    selection loss (None when not ``exact``).
 
     Why: on digits, MNIST-5k and MNIST-1D (5, 5 and 3 seeds) heads of 14 clusters merged to 10
     this way scored 0.941 +- 0.008, 0.792 +- 0.012 and 0.211 +- 0.003 Hungarian accuracy,
@@ -294,18 +319,23 @@ def merge_clusters(head, objective, selection, n_clusters):
     """
     plan = objective.plan
     sample = selection.sample
-    with torch.no_grad():
-        logits = batched_logits(lambda x: head(x)[None], objective.inputs, selection.nodes)[0]  # (nodes, K)
-    groups = [[c] for c in range(logits.shape[1])]
+    groups = [[c] for c in range(logits.shape[1] if n_used is None else n_used)]
+    loss = None
     while len(groups) > n_clusters:
         merged = merge_logits(logits, groups)
         hard = hard_merge_losses(merged.argmax(dim=1).numpy(), sample, len(groups), plan)
         pairs = np.transpose(np.triu_indices(len(groups), 1))
         order = np.argsort(hard[pairs[:, 0], pairs[:, 1]], kind="stable")[:MERGE_CANDIDATES]
         options = [joined(groups, *pairs[o]) for o in order]
+        if not exact:
+            groups = options[0]
+            continue
         losses = objective.sample_loss(torch.stack([merge_logits(logits, g) for g in options]), selection)
-        groups = options[int(torch.argmin(losses))]
-    return groups
+        best = int(torch.argmin(losses))
+        groups, loss = options[best], float(losses[best])
+    if loss is None and exact:
+        loss = float(objective.sample_loss(merge_logits(logits, groups)[None], selection)[0])
+    return groups, loss
 
 
 def joined(groups, a, b):
@@ -413,15 +443,19 @@ def record_heads(objective, mod, losses):
     return losses.mean()
 
 
-def train_heads(module, objective, *, n_samples, P, plan, est, seed):
+def train_heads(module, objective, *, n_samples, P, plan, est, seed, groups=None):
     """Train the restart heads through the Trainer, pruning them on the selection loss.
 
     At each step of :func:`pruning_schedule` the active heads are scored on a fixed
-    :class:`SelectionSet` and the better ones go on; after the last step the survivor with the
-    lowest selection loss is kept. Returns the index of the kept head, the (iterations, n_init)
-    batch-loss history (NaN once a head stopped), each restart's last selection loss, the
-    Trainer and the selection sample.
+    :class:`SelectionSet` and the better ones go on (heads with more clusters than asked are
+    scored after joining them, see :meth:`PairObjective.selection_loss`). After the last step
+    the survivor with the lowest selection loss in each of ``groups`` (lists of head indices,
+    e.g. the heads of each overclustering factor; one group of all when None) is that group's
+    pick. Returns the picks (one head index per group, None for a group with no survivor),
+    the (iterations, n_init) batch-loss history (NaN once a head stopped), each restart's last
+    selection loss, the Trainer and the selection sample.
     """
+    groups = [np.arange(est.n_init)] if groups is None else [np.asarray(g, dtype=int) for g in groups]
     schedule = pruning_schedule(est.n_init, est.max_iter)
     batch = min(est.batch_size, n_samples)
     selection = SelectionSet(P, n_samples, batch, seed + 5)
@@ -431,6 +465,9 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed):
 
     def score(sample=selection):
         scores[module.active] = sample.losses(objective, module)
+
+    def alive(group):
+        return group[np.isin(group, module.active)]
 
     def prune(trainer, loss):
         keep = schedule.get(trainer.n_iter)  # iterations done, 1-based
@@ -451,8 +488,8 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed):
     )
     trainer.run()
     score()
-    best = int(module.active[np.argmin(scores[module.active])])
-    return best, np.array(objective.per_head), scores, trainer, selection
+    picks = [int(heads[np.argmin(scores[heads])]) if len(heads) else None for heads in map(alive, groups)]
+    return picks, np.array(objective.per_head), scores, trainer, selection
 
 
 def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):

@@ -648,3 +648,97 @@ def test_overclustering_joins_the_extra_clusters_of_well_separated_blobs(blobs):
 def test_overclustering_is_rejected_by_rows_without_a_forward_loss(blobs, method):
     with pytest.raises(ValueError, match="overclustering"):
         ICONClustering(3, method=method, overclustering=1.5, **FAST).fit(blobs[0])
+
+
+# -- overclustering factors: restarts of different cluster counts side by side ----------------
+@pytest.mark.parametrize("fused", [True, False])
+def test_unused_outputs_are_masked_and_get_no_gradient(fused):
+    from skicon._cluster_heads import UNUSED_LOGIT
+
+    heads = [make_mapper("mlp", 5, 4, hidden=(6,), random_state=r) for r in range(2)]
+    module = (_FusedHeads if fused else _Heads)(heads, n_used=[2, 4])
+    x = torch.randn(7, 5)
+    out = module(x)
+    assert torch.all(out[0, :, 2:] == UNUSED_LOGIT) and torch.all(out[1, :, 2:] != UNUSED_LOGIT)
+    phi = torch.softmax(out, dim=-1)
+    assert torch.all(phi[0, :, 2:] == 0) and torch.allclose(phi[0, :, :2].sum(-1), torch.ones(7))
+    (phi * torch.randn(phi.shape)).sum().backward()
+    if fused:
+        grad = module.weights[-1].grad  # (heads, outputs, hidden)
+        assert torch.all(grad[0, 2:] == 0) and torch.any(grad[0, :2] != 0) and torch.any(grad[1, 2:] != 0)
+    else:
+        assert torch.all(heads[0][-1].weight.grad[2:] == 0) and torch.any(heads[1][-1].weight.grad[2:] != 0)
+    module.keep([1])  # the mask follows the active heads
+    assert torch.all(module(x)[0, :, 2:] != UNUSED_LOGIT)
+
+
+def test_seed_heads_seeds_each_heads_own_cluster_count(blobs):
+    from skicon._cluster_heads import seed_heads
+
+    X = (blobs[0] - blobs[0].mean(0)) / blobs[0].std(0)
+    heads = [make_mapper("mlp", 2, 6, hidden=(8,), random_state=r) for r in range(2)]
+    before = [h[-1].weight.detach().clone() for h in heads]
+    assert seed_heads(heads, X, [4, 6], np.random.RandomState(0)) == [True, True]
+    assert torch.equal(heads[0][-1].weight[4:], before[0][4:])  # unused outputs left as built
+    assert not torch.equal(heads[0][-1].weight[:4], before[0][:4])
+    assert not torch.equal(heads[1][-1].weight, before[1])
+
+
+def test_mixed_overclustering_keeps_the_lower_selection_loss(blobs, monkeypatch):
+    # overclustering=[1, 2], n_init=4: heads 0-1 learn 4 clusters, heads 2-3 learn 8 (joined to 4).
+    # Every head is scored with 4 clusters (the 8-cluster heads after hard-label joins), and the
+    # fit keeps the lower of the plain pick's loss and the joined pick's exact loss.
+    import skicon._cluster_train as clustering
+    import skicon._clustering as estimator
+
+    widths, joins, inside = [], [], []
+    original_loss, original_merge = clustering.sampled_row_loss, estimator.merge_clusters
+
+    def recording_loss(logits, *args, **kwargs):
+        if not inside:  # the exact joins also score 7, 6 and 5 clusters on the way down
+            widths.append(logits.shape[-1])
+        return original_loss(logits, *args, **kwargs)
+
+    def recording_merge(*args, **kwargs):
+        inside.append(True)
+        joins.append(original_merge(*args, **kwargs))
+        inside.clear()
+        return joins[-1]
+
+    monkeypatch.setattr(clustering, "sampled_row_loss", recording_loss)
+    monkeypatch.setattr(estimator, "merge_clusters", recording_merge)
+    X, y = blobs
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=[1, 2], random_state=0).fit(X)
+    assert est._plan.overclustering == (1.0, 2.0)
+    assert len(widths) >= 3 and set(widths) == {4}  # pruning, final scores and loss_: 4 clusters
+    survivors = np.flatnonzero(est.init_n_iter_ == 200)
+    plain = [r for r in survivors if r < 2]
+    options = ([est.init_losses_[min(plain, key=lambda r: est.init_losses_[r])]] if plain else []) + \
+        [loss for _, loss in joins]
+    assert len(options) >= 1 and len(joins) == int(any(r >= 2 for r in survivors))
+    assert est.loss_ == pytest.approx(min(options), rel=1e-5)  # loss_: the same figure on all samples
+    is_plain = all(len(g) == 1 for g in est.merged_groups_)
+    assert is_plain == (bool(plain) and options[0] == min(options))
+    assert len(est.merged_groups_) == 4 and adjusted_rand_score(y, est.labels_) > 0.95
+    assert np.array_equal(est.predict(X), est.labels_)
+
+
+def test_overclustering_auto_splits_infonce_clustering_restarts(blobs):
+    X, _ = blobs
+    est = ICONClustering(4, random_state=0, **FAST).fit(X)
+    assert est._plan.overclustering == (1.0, 1.4)
+    assert ICONClustering(4, method="mi", random_state=0, **FAST).fit(X)._plan.overclustering == (1.0,)
+    one = ICONClustering(4, n_init=1, max_iter=60, batch_size=64, random_state=0).fit(X)  # the first factor
+    assert one.merged_groups_ == [[0], [1], [2], [3]]
+
+
+@pytest.mark.parametrize("value", [[], [0.5], [1, "a"], [1, np.inf]])
+def test_bad_overclustering_factors_are_rejected(blobs, value):
+    with pytest.raises(ValueError, match="overclustering"):
+        ICONClustering(3, overclustering=value, **FAST).fit(blobs[0])
+
+
+def test_ncut_accepts_overclustering_of_one_only(blobs):
+    ICONClustering(3, method="ncut", overclustering=[1], **FAST).fit(blobs[0])
+    with pytest.raises(ValueError, match="overclustering"):
+        ICONClustering(3, method="ncut", overclustering=[1, 1.5], **FAST).fit(blobs[0])
