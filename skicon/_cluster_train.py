@@ -7,7 +7,10 @@
   row's exponential p and the degree-weighted cluster kernel on the block,
   :func:`reverse_cluster_loss`.
 * :func:`train_heads`: ``n_init`` heads side by side through :class:`~skicon._training.Trainer`,
-  pruning the restarts on a fixed selection sample (:class:`SelectionSet`, :func:`pruning_schedule`).
+  pruning the restarts on a fixed selection sample (:class:`SelectionSet`, :func:`pruning_schedule`),
+  one pick per group of heads (the ``overclustering`` factors).
+* :func:`join_clusters` / :func:`merge_clusters`: a head's extra clusters joined in pairs down to
+  ``n_clusters`` by the loss on the selection sample.
 * :func:`relax_kmeans` ("kmeans", "spectral"): the Adam relaxation of probabilistic k-means
   through the Trainer, then the exact Lloyd polish.
 * :func:`whole_row_loss` (forward rows) / :func:`reverse_block_loss`: a row's loss of a fitted
