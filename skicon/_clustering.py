@@ -98,9 +98,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         hard-label figure); at the end each group's best survivor is joined exactly and the
         lowest loss is kept. A number ``f`` is ``[f]``; 1: no joining. "auto": ``[1, 1.4]``
         for "infonce_clustering" (half the restarts learn ``n_clusters`` clusters, half 1.4
-        times as many), 1 for
-        the other rows ("mi" trains TEMI's ``n_clusters`` outputs; "ncut", "kmeans" and
-        "spectral" accept only 1). Over 10 seeds the joined heads were the better ones on raw
+        times as many), 1 for the other rows ("mi" trains TEMI's ``n_clusters`` outputs;
+        "ncut", "kmeans" and "spectral" accept only 1). Over 10 seeds the joined heads were the better ones on raw
         digits (Hungarian accuracy 0.937 against 0.901), the plain ones on EfficientNet
         features of digits (0.786 against 0.756); "auto" reached 0.938 and 0.780 (see
         :ref:`benchmarks`). With fewer restarts than factors, the first factors are used.
