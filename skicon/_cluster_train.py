@@ -328,7 +328,7 @@ def join_clusters(logits, objective, selection, n_clusters, n_used=None, exact=T
         merged = merge_logits(logits, groups)
         hard = hard_merge_losses(merged.argmax(dim=1).numpy(), sample, len(groups), plan)
         pairs = np.transpose(np.triu_indices(len(groups), 1))
-        order = np.argsort(hard[pairs[:, 0], pairs[:, 1]], kind="stable")[:MERGE_CANDIDATES]
+        order = np.argsort(hard[pairs[:, 0], pairs[:, 1]], kind="stable")[: MERGE_CANDIDATES if exact else 1]
         options = [joined(groups, *pairs[o]) for o in order]
         if not exact:
             groups = options[0]

@@ -99,10 +99,10 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         lowest loss is kept. A number ``f`` is ``[f]``; 1: no joining. "auto": ``[1, 1.4]``
         for "infonce_clustering" (half the restarts learn ``n_clusters`` clusters, half 1.4
         times as many), 1 for the other rows ("mi" trains TEMI's ``n_clusters`` outputs;
-        "ncut", "kmeans" and "spectral" accept only 1). Over 10 seeds the joined heads were the better ones on raw
-        digits (Hungarian accuracy 0.937 against 0.901), the plain ones on EfficientNet
-        features of digits (0.786 against 0.756); "auto" reached 0.938 and 0.780 (see
-        :ref:`benchmarks`). With fewer restarts than factors, the first factors are used.
+        "ncut", "kmeans" and "spectral" accept only 1). Over 10 seeds the joined heads were
+        the better ones on raw digits (Hungarian accuracy 0.937 against 0.901), the plain ones
+        on EfficientNet features of digits (0.786 against 0.756); "auto" reached 0.938 and
+        0.780 (see :ref:`benchmarks`). With fewer restarts than factors, the first factors are used.
     n_init : int, default=8
         Restarts. Learned heads train side by side; at a quarter and at half of ``max_iter``
         (not before step 100) the worse half stops, down to two, and after the last step the
@@ -399,8 +399,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             aug_gen = torch.Generator().manual_seed(seed + 1)
             augment = None if self.augment is None else (lambda a: augmented(self, X, a, aug_gen))
             objective = PairObjective(inputs, P, plan, seed, n_negatives=self.n_negatives, n_init=self.n_init,
-                                      degrees=degrees, augment=augment, n_clusters=k,
-                                      n_used=None if min(n_used) == n_out else n_used)
+                                      degrees=degrees, augment=augment, n_clusters=k, n_used=masked)
         groups = [[r for r in range(self.n_init) if group_of[r] == g] for g in range(len(factors))]
         picks, history, self.init_losses_, trainer, selection = train_heads(
             module, objective, n_samples=n, P=P, plan=plan, est=self, seed=seed, groups=groups)
@@ -416,7 +415,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             else:
                 joins, loss = [[c] for c in range(k)], self.init_losses_[r]
             options.append((loss, g, r, head, joins))
-        _, g, best, head, self.merged_groups_ = min(options, key=lambda option: option[:2])
+        _, _, best, head, self.merged_groups_ = min(options, key=lambda option: option[:2])
         self.module_ = head if n_out == k else MergedHead(head, self.merged_groups_).eval()
         self.loss_curve_ = log_means(history[:, best], trainer.history_iterations)
         self.loss_curve_iterations_, self.n_iter_ = np.asarray(trainer.history_iterations), trainer.n_iter
