@@ -339,11 +339,57 @@ def seed_heads(heads, Xs, k, rng):
                 for c in range(k):
                     if (labels == c).any():
                         centers[c] = H[labels == c].mean(0)
-            temperature = INIT_SOFTNESS * max(float(sqdist(H, centers).min(1).mean()), 1e-12)
-            last.weight[:k].copy_(torch.as_tensor(2.0 * centers / temperature, dtype=last.weight.dtype))
-            last.bias[:k].copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=last.bias.dtype))
+            seat_centres(last, H, centers, INIT_SOFTNESS)
         done.append(True)
     return done
+
+
+def seat_centres(layer, H, centers, softness):
+    """Set ``layer``'s first ``len(centers)`` outputs to the nearest-centre logits of ``H``.
+
+    ``-||h - mu_c||^2 / T`` is linear in ``h`` up to a per-row constant: weights ``2 mu_c / T``,
+    biases ``-||mu_c||^2 / T``, with ``T = softness x`` the mean squared distance of ``H``'s rows
+    to their nearest centre (in place, under ``no_grad``).
+    """
+    with torch.no_grad():
+        temperature = softness * max(float(sqdist(H, centers).min(1).mean()), 1e-12)
+        k = len(centers)
+        layer.weight[:k].copy_(torch.as_tensor(2.0 * centers / temperature, dtype=layer.weight.dtype))
+        layer.bias[:k].copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=layer.bias.dtype))
+
+
+#: Temperature of the polished head's restarted logits (:func:`restart_last_layer`), in units of
+#: the mean squared distance to the nearest centre: sharper than a restart's seeding, since the
+#: clusters are the kept head's own.
+POLISH_SOFTNESS = 0.5
+
+
+def restart_last_layer(head, Xs, labels, k, chunk=8192):
+    """A copy of ``head`` whose last layer is new and seated at the centres of ``labels``.
+
+    The layers before the last are copied with their trained weights; the new last layer (``k``
+    outputs) gives the nearest-centre logits of the features it reads (the hidden layer of an
+    MLP, the input of a linear head) around the centres of the ``k`` hard clusters ``labels``
+    (:func:`seat_centres`, :data:`POLISH_SOFTNESS`). The start of the final polish of
+    ICONClustering (:func:`~skicon._cluster_train.polish_head`). Returns None for a head whose
+    last layer is not a biased ``nn.Linear`` (a table, a user factory of another shape) or
+    when a cluster of ``labels`` is empty.
+    """
+    layers = layers_of(head)
+    last = None if not layers else layers[-1]
+    labels = np.asarray(labels)
+    if not isinstance(last, nn.Linear) or last.bias is None or np.bincount(labels, minlength=k).min() == 0:
+        return None
+    body = [copy.deepcopy(layer) for layer in layers[:-1]]
+    device = last.weight.device
+    with torch.no_grad():
+        features = nn.Sequential(*body).eval()
+        X = torch.as_tensor(np.asarray(Xs), dtype=last.weight.dtype, device=device)
+        H = torch.cat([features(X[s : s + chunk]) for s in range(0, X.shape[0], chunk)]).double().cpu().numpy()
+    centers = np.stack([H[labels == c].mean(0) for c in range(k)])
+    new = nn.Linear(last.in_features, k).to(device=device, dtype=last.weight.dtype)
+    seat_centres(new, H, centers, POLISH_SOFTNESS)
+    return nn.Sequential(*body, new) if body else new
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .objectives._cluster import exp_graph_log_p
 
 CENTROID_ROWS = ("kmeans", "spectral")
 #: Parameters of the learned head, rejected by the centroid rows when not at their default.
-HEAD_PARAMS = {"ema": None, "augment": None, "mapper": "mlp", "hidden_layer_sizes": (64,)}
+HEAD_PARAMS = {"ema": None, "augment": None, "mapper": "mlp", "hidden_layer_sizes": (64,), "polish": "auto"}
 
 
 def make_plan(est):
@@ -49,6 +49,7 @@ def make_plan(est):
         raise ValueError("augment cannot be used with method='ncut': its p is over the graph's nodes.")
     degree_weighted, include_self, resolved["alpha_q"] = q_flags(est, row, resolved["alpha_q"])
     resolved["overclustering"] = resolve_overclustering(est, row)
+    resolved["polish"] = resolve_polish(est, row)
     return ClusterPlan(row=row.name, direction=row.direction, degree_weighted=degree_weighted,
                        include_self=include_self, **resolved)
 
@@ -58,6 +59,19 @@ def make_plan(est):
 #: heads were the better ones on raw digits (4 of 5 seeds), plain heads on EfficientNet
 #: features of digits (5 of 5), and the lower loss went with the better kind in all ten fits.
 OVERCLUSTERING = (1.0, 1.4)
+
+
+#: ``polish="auto"``: steps of the final polish of "infonce_clustering" (at most half of
+#: ``max_iter``); the other rows are not polished (see :func:`skicon._cluster_train.polish_head`).
+POLISH_STEPS = 200
+
+
+def resolve_polish(est, row):
+    """``polish`` resolved to a number of steps: "auto" is ``min(200, max_iter // 2)`` for
+    "infonce_clustering" and 0 (no polish) for the other rows."""
+    if est.polish == "auto":
+        return min(POLISH_STEPS, est.max_iter // 2) if row.name == "infonce_clustering" else 0
+    return int(est.polish)
 
 
 def resolve_overclustering(est, row):

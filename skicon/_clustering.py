@@ -23,7 +23,9 @@ from ._cluster_heads import (
 )
 from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
-from ._cluster_train import BlockObjective, PairObjective, _BatchInputs, merge_clusters, relax_kmeans, train_heads
+from ._cluster_train import (
+    BlockObjective, PairObjective, _BatchInputs, merge_clusters, polish_head, relax_kmeans, train_heads,
+)
 from ._distributed import from_rank0
 from ._registry import METHODS
 from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
@@ -103,6 +105,16 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         the better ones on raw digits (Hungarian accuracy 0.937 against 0.901), the plain ones
         on EfficientNet features of digits (0.786 against 0.756); "auto" reached 0.938 and
         0.780 (see :ref:`benchmarks`). With fewer restarts than factors, the first factors are used.
+    polish : int >= 0 or "auto", default="auto"
+        Steps of the final polish (learned heads with a last ``nn.Linear``: "mlp", "linear" or
+        such a factory): after the restarts, the kept head's last layer is replaced by one seated
+        at the nearest-centre logits of its own hard clusters in the features it reads (a
+        joined head's groups become plain outputs), and that head is trained alone this many
+        more steps. It is kept when its selection loss (on the restarts' sample) is lower than
+        the kept restart's; ``polished_`` says whether it was. No callbacks run during the
+        polish. 0: no polish. "auto": ``min(200, max_iter // 2)`` for "infonce_clustering", 0
+        for the other rows. Over 10 seeds it raised the Hungarian accuracy on digits, MNIST-5k
+        and EfficientNet features of both (see :ref:`benchmarks`).
     n_init : int, default=8
         Restarts. Learned heads train side by side; at a quarter and at half of ``max_iter``
         (not before step 100) the worse half stops, down to two, and after the last step the
@@ -160,7 +172,10 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     inertia_ : float
         "kmeans"/"spectral": sum of squared float64 distances to the nearest centre.
     n_iter_ : int
-        Trainer iterations run (optimiser steps; the relaxation for "kmeans"/"spectral").
+        Trainer iterations run (optimiser steps; the relaxation for "kmeans"/"spectral"), not
+        counting the polish.
+    polished_ : bool
+        Learned heads: whether the polished head (see ``polish``) replaced the kept restart.
     loss_curve_ : ndarray of shape (n_logs,)
         The kept restart's mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
@@ -178,7 +193,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         The kept head (features to cluster logits; centre scores for the centroid rows).
     merged_groups_ : list of list of int
         Learned heads: the kept head's clusters joined into each output cluster (singletons
-        when it learned ``n_clusters``); ``module_`` outputs the joined logits
+        when it learned ``n_clusters`` or was polished); ``module_`` outputs the joined logits
         ``log sum_{c in g} exp z_c``.
     init_losses_ : ndarray of shape (n_init,)
         Each restart's last selection loss, at the step it stopped (learned heads; after the
@@ -247,6 +262,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         "hidden_layer_sizes": [tuple, list, Interval(numbers.Integral, 1, None, closed="left")],
         "augment": [None, callable],
         "overclustering": [StrOptions({"auto"}), Interval(numbers.Real, 1, None, closed="left"), "array-like"],
+        "polish": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_negatives": [None, Interval(numbers.Integral, 1, None, closed="left")],
@@ -263,7 +279,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
 
     def __init__(self, n_clusters=8, *, method="infonce_clustering", p=None, q=None, n_neighbors="auto",
                  walk_length="auto", alpha="auto", alpha_q="auto", ema=None, mapper="mlp", hidden_layer_sizes=(64,),
-                 augment=None, overclustering="auto", n_init=8, batch_size=256, n_negatives=64, max_iter=400,
+                 augment=None, overclustering="auto", polish="auto", n_init=8, batch_size=256, n_negatives=64, max_iter=400,
                  learning_rate="auto", metric="euclidean", n_components=50, device="cpu", random_state=None,
                  verbose=False, callbacks=None, n_jobs=None):
         self.n_clusters = n_clusters
@@ -279,6 +295,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         self.hidden_layer_sizes = hidden_layer_sizes
         self.augment = augment
         self.overclustering = overclustering
+        self.polish = polish
         self.n_init = n_init
         self.batch_size = batch_size
         self.n_negatives = n_negatives
@@ -394,12 +411,17 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         inputs = _BatchInputs(torch.as_tensor(Xs, device=self._device), self.mapper == "table", self._device)
         if plan.direction == "reverse":
             self.affinity_matrix_ = P
-            objective = BlockObjective(inputs, P, degrees, plan, seed, n_init=self.n_init)
+
+            def make_objective(seed, n_init=1, n_used=None):
+                return BlockObjective(inputs, P, degrees, plan, seed, n_init=n_init)
         else:
             aug_gen = torch.Generator().manual_seed(seed + 1)
             augment = None if self.augment is None else (lambda a: augmented(self, X, a, aug_gen))
-            objective = PairObjective(inputs, P, plan, seed, n_negatives=self.n_negatives, n_init=self.n_init,
-                                      degrees=degrees, augment=augment, n_clusters=k, n_used=masked)
+
+            def make_objective(seed, n_init=1, n_used=None):
+                return PairObjective(inputs, P, plan, seed, n_negatives=self.n_negatives, n_init=n_init,
+                                     degrees=degrees, augment=augment, n_clusters=k, n_used=n_used)
+        objective = make_objective(seed, n_init=self.n_init, n_used=masked)
         groups = [[r for r in range(self.n_init) if group_of[r] == g] for g in range(len(factors))]
         picks, history, self.init_losses_, trainer, selection = train_heads(
             module, objective, n_samples=n, P=P, plan=plan, est=self, seed=seed, groups=groups)
@@ -415,13 +437,22 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             else:
                 joins, loss = [[c] for c in range(k)], self.init_losses_[r]
             options.append((loss, g, r, head, joins))
-        _, _, best, head, self.merged_groups_ = min(options, key=lambda option: option[:2])
+        kept_loss, _, best, head, self.merged_groups_ = min(options, key=lambda option: option[:2])
         self.module_ = head if n_out == k else MergedHead(head, self.merged_groups_).eval()
         self.loss_curve_ = log_means(history[:, best], trainer.history_iterations)
         self.loss_curve_iterations_, self.n_iter_ = np.asarray(trainer.history_iterations), trainer.n_iter
-        self._train_logits = batched_forward(
-            self.module_, np.arange(n) if self.mapper == "table" else Xs, device=self._device,
-            dtype=torch.long if self.mapper == "table" else torch.float32)
+        train_inputs = np.arange(n) if self.mapper == "table" else Xs
+        forward = lambda module: batched_forward(  # noqa: E731
+            module, train_inputs, device=self._device, dtype=torch.long if self.mapper == "table" else torch.float32)
+        self._train_logits = forward(self.module_)
+        self.polished_ = False
+        if plan.polish > 0:
+            polished = polish_head(head if n_out == k else self.module_.head, Xs, self._train_logits.argmax(axis=1),
+                                   k, make_objective, n_steps=plan.polish, est=self, n_samples=n, P=P, plan=plan,
+                                   seed=seed + 7, selection=selection) if self.mapper != "table" else None
+            if polished is not None and polished[1] < kept_loss:
+                self.module_, self.merged_groups_, self.polished_ = polished[0], [[c] for c in range(k)], True
+                self._train_logits = forward(self.module_)
         self.loss_ = row_loss(self, self._train_logits)
 
     def _fit_centroids(self, X, rng):

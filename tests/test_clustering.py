@@ -247,7 +247,7 @@ def test_augment_positives(blobs):
         return Xb + 0.05 * torch.randn(Xb.shape, generator=generator, dtype=Xb.dtype)
 
     est = ICONClustering(4, augment=jitter, random_state=0, **FAST).fit(X)
-    assert len(calls) == FAST["max_iter"]
+    assert len(calls) == FAST["max_iter"] + est._plan.polish  # every training step views its anchors
     assert adjusted_rand_score(y, est.labels_) > 0.9
 
 
@@ -374,8 +374,10 @@ def test_restarts_are_pruned_on_the_selection_loss(blobs, monkeypatch):
 
     monkeypatch.setattr(clustering, "sampled_row_loss", recording)
     X, _ = blobs
-    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=1, random_state=0).fit(X)
-    # step 100 (four heads), the end (two heads), then loss_ of the kept head
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=1, polish=0,
+                         random_state=0).fit(X)
+    # step 100 (four heads), the end (two heads), then loss_ of the kept head (no polish: its own
+    # selection score would come before loss_)
     assert [len(s) for s in seen] == [4, 2, 1]
     assert sorted(est.init_n_iter_.tolist()) == [100, 100, 200, 200]
     survivors = np.flatnonzero(est.init_n_iter_ == 200)
@@ -742,3 +744,83 @@ def test_ncut_accepts_overclustering_of_one_only(blobs):
     ICONClustering(3, method="ncut", overclustering=[1], **FAST).fit(blobs[0])
     with pytest.raises(ValueError, match="overclustering"):
         ICONClustering(3, method="ncut", overclustering=[1, 1.5], **FAST).fit(blobs[0])
+
+
+# -- the final polish ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mapper", ["linear", "mlp"])
+def test_restart_last_layer_starts_at_the_given_clusters(blobs, mapper):
+    from skicon._cluster_heads import layers_of, restart_last_layer
+
+    X, y = blobs
+    head = make_mapper(mapper, X.shape[1], 6, hidden=(16,), random_state=0)
+    new = restart_last_layer(head, X, y, 4)
+    body, old = layers_of(new), layers_of(head)
+    # the body keeps the trained weights (copies, not the same tensors); the last layer is new
+    for a, b in zip(body[:-1], old[:-1]):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa, pb) and pa is not pb
+    assert body[-1].out_features == 4
+    with torch.no_grad():
+        H = torch.as_tensor(X, dtype=torch.float32)
+        for layer in body[:-1]:
+            H = layer(H)
+        labels = new(torch.as_tensor(X, dtype=torch.float32)).argmax(1).numpy()
+    # nearest-centre logits: the argmax is the nearest of the clusters' centres in the features read
+    H = H.double().numpy()
+    centres = np.stack([H[y == c].mean(0) for c in range(4)])
+    nearest = ((H[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert (labels == nearest).mean() > 0.99
+    assert (labels == y).mean() > 0.95  # well-separated blobs: the given clusters themselves
+
+
+def test_restart_last_layer_declines_tables_and_empty_clusters(blobs):
+    from skicon._cluster_heads import restart_last_layer
+
+    X, y = blobs
+    assert restart_last_layer(make_mapper("table", X.shape[1], 4, n_samples=len(X)), X, y, 4) is None
+    assert restart_last_layer(make_mapper("linear", X.shape[1], 5), X, y, 5) is None  # cluster 4 is empty
+
+
+def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch):
+    import skicon._clustering as clustering
+
+    X, _ = blobs
+    calls = []
+    real = clustering.polish_head
+
+    def fake(loss_shift):
+        def polish(head, Xs, labels, k, make_objective, **kw):
+            calls.append(kw["n_steps"])
+            new, loss = real(head, Xs, labels, k, make_objective, **kw)
+            return new, loss_shift
+        return polish
+
+    plain = ICONClustering(4, random_state=0, polish=0, **FAST).fit(X)
+    assert not plain.polished_
+    monkeypatch.setattr(clustering, "polish_head", fake(np.inf))  # never lower: the main run's head stays
+    worse = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
+    assert calls == [10] and not worse.polished_
+    np.testing.assert_array_equal(worse.labels_, plain.labels_)
+    assert worse.loss_ == plain.loss_
+    monkeypatch.setattr(clustering, "polish_head", fake(-np.inf))  # always lower: the polished head is kept
+    better = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
+    assert better.polished_ and better.merged_groups_ == [[0], [1], [2], [3]]
+    np.testing.assert_array_equal(better.predict(X), better.labels_)
+
+
+def test_polish_auto_and_validation(blobs):
+    X, _ = blobs
+    est = ICONClustering(4, random_state=0, **FAST).fit(X)
+    assert est._plan.polish == 30  # "auto": min(200, max_iter // 2)
+    from skicon._cluster_plan import resolve_polish
+    from skicon._registry import resolve_method
+
+    row = resolve_method("ICONClustering", "infonce_clustering")[0]
+    assert resolve_polish(ICONClustering(max_iter=500), row) == 200  # capped at POLISH_STEPS
+    assert resolve_polish(ICONClustering(max_iter=500, polish=7), row) == 7
+    assert ICONClustering(4, method="mi", random_state=0, **FAST).fit(X)._plan.polish == 0
+    assert not ICONClustering(4, mapper="table", random_state=0, polish=5, **FAST).fit(X).polished_
+    with pytest.raises(ValueError, match="polish"):
+        ICONClustering(4, polish=-1).fit(X)
+    with pytest.raises(ValueError, match="polish"):
+        ICONClustering(4, method="kmeans", polish=5).fit(X)
