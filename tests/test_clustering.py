@@ -638,7 +638,9 @@ def test_hard_merge_losses_are_the_change_of_the_hard_label_loss():
 
 def test_overclustering_joins_the_extra_clusters_of_well_separated_blobs(blobs):
     X, y = blobs
-    est = ICONClustering(4, n_init=2, max_iter=150, batch_size=64, overclustering=2.0, random_state=0).fit(X)
+    # polish=0: the joined head itself (a polished head would replace it by a plain one)
+    est = ICONClustering(4, n_init=2, max_iter=150, batch_size=64, overclustering=2.0, polish=0,
+                         random_state=0).fit(X)
     assert sorted(c for g in est.merged_groups_ for c in g) == list(range(8)) and len(est.merged_groups_) == 4
     assert est.n_clusters_ == 4 and adjusted_rand_score(y, est.labels_) > 0.95
     assert np.array_equal(est.predict(X), est.labels_)
@@ -710,7 +712,9 @@ def test_mixed_overclustering_keeps_the_lower_selection_loss(blobs, monkeypatch)
     monkeypatch.setattr(clustering, "sampled_row_loss", recording_loss)
     monkeypatch.setattr(estimator, "merge_clusters", recording_merge)
     X, y = blobs
-    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=[1, 2], random_state=0).fit(X)
+    # polish=0: the choice between the restarts' picks itself (the polish is tested on its own)
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=[1, 2], polish=0,
+                         random_state=0).fit(X)
     assert est._plan.overclustering == (1.0, 2.0)
     assert len(widths) >= 3 and set(widths) == {4}  # pruning, final scores and loss_: 4 clusters
     survivors = np.flatnonzero(est.init_n_iter_ == 200)
@@ -789,9 +793,9 @@ def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch
     real = clustering.polish_head
 
     def fake(loss_shift):
-        def polish(head, Xs, labels, k, make_objective, **kw):
-            calls.append(kw["n_steps"])
-            new, loss = real(head, Xs, labels, k, make_objective, **kw)
+        def polish(head, Xs, starts, k, make_objective, **kw):
+            calls.append((kw["n_steps"], len(starts)))
+            new, loss = real(head, Xs, starts, k, make_objective, **kw)
             return new, loss_shift
         return polish
 
@@ -799,7 +803,7 @@ def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch
     assert not plain.polished_
     monkeypatch.setattr(clustering, "polish_head", fake(np.inf))  # never lower: the main run's head stays
     worse = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
-    assert calls == [10] and not worse.polished_
+    assert calls == [(10, 2)] and not worse.polished_  # the kept clusters and the split-and-join move
     np.testing.assert_array_equal(worse.labels_, plain.labels_)
     assert worse.loss_ == plain.loss_
     monkeypatch.setattr(clustering, "polish_head", fake(-np.inf))  # always lower: the polished head is kept
@@ -824,3 +828,26 @@ def test_polish_auto_and_validation(blobs):
         ICONClustering(4, polish=-1).fit(X)
     with pytest.raises(ValueError, match="polish"):
         ICONClustering(4, method="kmeans", polish=5).fit(X)
+
+
+def test_split_join_move_undoes_a_merge_next_to_a_split():
+    # four separated blobs labelled with blobs 0 and 1 in one cluster and blob 2 cut in two: the
+    # move splits the merged cluster (its split lowers the loss most) and joins blob 2's halves
+    from sklearn.neighbors import kneighbors_graph
+
+    from skicon._cluster_train import ClusterPlan, PairObjective, SelectionSet, _BatchInputs, split_join_labels
+
+    X, y = make_blobs(400, centers=4, cluster_std=0.5, random_state=1)
+    P = normalize_rows(kneighbors_graph(X, 10, include_self=False).tocsr())
+    plan = ClusterPlan(row="infonce_clustering", direction="forward", n_neighbors=10, walk_length=1, alpha=0.3,
+                       alpha_q=0.3, degree_weighted=False, include_self=False, learning_rate=0.02)
+    objective = PairObjective(_BatchInputs(torch.as_tensor(X), False, "cpu"), P, plan, 0, n_negatives=64, n_init=1,
+                              n_clusters=4)
+    selection = SelectionSet(P, len(X), 64, 0)
+    bad = np.select([y == 1, (y == 2) & (X[:, 0] > np.median(X[y == 2, 0]))], [0, 1], default=y)
+    bad = np.where((y == 2) & (bad != 1), 2, bad)  # blob 2: its halves in clusters 1 and 2
+    assert adjusted_rand_score(y, bad) < 0.8 and len(np.unique(bad)) == 4
+    logits = 4.0 * np.eye(4)[bad]
+    moved = split_join_labels(logits, X, objective, selection, np.random.RandomState(0))
+    assert sorted(np.unique(moved)) == [0, 1, 2, 3]
+    assert adjusted_rand_score(y, moved) == 1.0
