@@ -24,8 +24,8 @@ from ._cluster_heads import (
 from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
 from ._cluster_train import (
-    PRUNE_ANCHORS, BlockObjective, PairObjective, SelectionSet, _BatchInputs, merge_clusters, polish_head, relax_kmeans,
-    split_join_labels, train_heads,
+    MOVE_MARGIN, PRUNE_ANCHORS, BlockObjective, PairObjective, SelectionSet, _BatchInputs, merge_clusters,
+    polish_head, relax_kmeans, split_join_labels, train_heads,
 )
 from ._distributed import from_rank0
 from ._registry import METHODS
@@ -462,8 +462,11 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
                     P, n, min(self.batch_size, n), selection.seed, PRUNE_ANCHORS)
                 moved = split_join_labels(self._train_logits, Xs, objective, ranking, np.random.RandomState(seed + 8))
                 starts += [] if moved is None else [moved]
-            polished = polish_head(body, Xs, starts, k, make_objective, n_steps=plan.polish, est=self, n_samples=n,
-                                   P=P, plan=plan, seed=seed + 7, selection=selection)
+            own, *move = polish_head(body, Xs, starts, k, make_objective, n_steps=plan.polish, est=self,
+                                     n_samples=n, P=P, plan=plan, seed=seed + 7, selection=selection)
+            polished = own
+            if move and move[0] is not None and (own is None or move[0][1] < own[1] * (1 - MOVE_MARGIN)):
+                polished = move[0]  # the move must win clearly (MOVE_MARGIN)
             if polished is not None and polished[1] < kept_loss:
                 self.module_, self.merged_groups_, self.polished_ = polished[0], [[c] for c in range(k)], True
                 self._train_logits = forward(self.module_)
