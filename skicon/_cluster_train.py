@@ -549,9 +549,11 @@ def polish_head(head, Xs, starts, n_clusters, make_objective, *, n_steps, est, n
     with thread_limits(1):
         _, _, scores, _, _ = train_heads(module, make_objective(seed, len(heads)), n_samples=n_samples, P=P,
                                          plan=plan, est=side, seed=seed, selection=selection)
-    trained = iter(range(len(heads)))
-    return [None if h is None else (lambda r: (module.head(r).eval(), float(scores[r])))(next(trained))
-            for h in restarted]
+    results, r = [], 0
+    for h in restarted:
+        results.append(None if h is None else (module.head(r).eval(), float(scores[r])))
+        r += h is not None
+    return results
 
 
 def split_join_labels(logits, Xs, objective, selection, rng):
@@ -570,21 +572,21 @@ def split_join_labels(logits, Xs, objective, selection, rng):
     nines next to two clusters of fives). The labels start a second polish
     (:func:`polish_head`), which keeps the move only if its loss ends lower.
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    n, k = logits.shape
+    logits, X = np.asarray(logits, dtype=np.float64), np.asarray(Xs, dtype=np.float64)
+    k = logits.shape[1]
     labels = logits.argmax(axis=1)
     nodes = selection.nodes
     options = []
-    for c in range(k):
-        members = np.flatnonzero(labels == c)
-        if len(members) < 4:
+    for c in range(k if k > 1 else 0):
+        members = labels == c
+        if members.sum() < 4:
             continue
-        centers = kmeans_pp(Xs[members], 2, rng)
-        _, halves, centers = lloyd_polish(np.asarray(Xs[members], dtype=np.float64), centers, max_iter=50)
+        # seeded on the data as given (float32 from the estimator), polished in float64
+        _, halves, centers = lloyd_polish(X[members], kmeans_pp(Xs[members], 2, rng), max_iter=50)
         if np.bincount(halves, minlength=2).min() == 0:
             continue
-        options.append((c, sqdist(np.asarray(Xs, dtype=np.float64), centers).argmin(axis=1) == 0))
-    if not options or k < 2:
+        options.append((c, sqdist(X, centers).argmin(axis=1) == 0))
+    if not options:
         return None
     tiny = np.log(np.finfo(np.float64).tiny)
 

@@ -795,8 +795,7 @@ def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch
     def fake(loss_shift):
         def polish(head, Xs, starts, k, make_objective, **kw):
             calls.append((kw["n_steps"], len(starts)))
-            new, loss = real(head, Xs, starts, k, make_objective, **kw)
-            return new, loss_shift
+            return [None if r is None else (r[0], loss_shift) for r in real(head, Xs, starts, k, make_objective, **kw)]
         return polish
 
     plain = ICONClustering(4, random_state=0, polish=0, **FAST).fit(X)
@@ -851,3 +850,25 @@ def test_split_join_move_undoes_a_merge_next_to_a_split():
     moved = split_join_labels(logits, X, objective, selection, np.random.RandomState(0))
     assert sorted(np.unique(moved)) == [0, 1, 2, 3]
     assert adjusted_rand_score(y, moved) == 1.0
+
+
+@pytest.mark.parametrize("move_gain,kept", [(0.0005, "own"), (0.002, "move"), (-0.01, "own")])
+def test_the_move_must_win_by_the_margin(blobs, monkeypatch, move_gain, kept):
+    # the split-and-join copy replaces the own-clusters copy only when its loss is lower by more
+    # than MOVE_MARGIN (0.1%) of it; either replaces the kept restart only below its loss
+    import skicon._clustering as clustering
+    from skicon._cluster_train import MOVE_MARGIN
+
+    assert MOVE_MARGIN == 1e-3
+    X, _ = blobs
+    made = {}
+    real = clustering.polish_head
+
+    def polish(head, Xs, starts, k, make_objective, **kw):
+        (own, _), (move, _) = real(head, Xs, starts, k, make_objective, **kw)
+        made.update(own=own, move=move)
+        return [(own, -5.0), (move, -5.0 - 5.0 * move_gain)]
+
+    monkeypatch.setattr(clustering, "polish_head", polish)
+    est = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
+    assert est.polished_ and est.module_ is made[kept]
