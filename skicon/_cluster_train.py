@@ -264,7 +264,16 @@ class SelectionSet:
         self.anchors = rng.permutation(n_samples)[: min(n_samples, n_anchors)]
         candidates = rng.permutation(n_samples)[: min(n_samples, SELECT_CANDIDATES)]
         self.nodes, self.sample = row_sample(P, self.anchors, candidates)
-        self._batches = None
+        self._P, self._n_anchors, self._batches, self._first = P, n_anchors, None, {}
+
+    def first(self, n_anchors):
+        """The set of the first ``n_anchors`` anchors of the same draw (built once; ``self``
+        when it has no more): the pruning steps' sample, and the ranking of the polish's splits."""
+        if len(self.anchors) <= n_anchors or self._n_anchors <= n_anchors:
+            return self
+        if n_anchors not in self._first:
+            self._first[n_anchors] = SelectionSet(self._P, self.n_samples, self.batch_size, self.seed, n_anchors)
+        return self._first[n_anchors]
 
     def batches(self, sampler):
         """The anchors in batches with one positive each (reverse row), drawn once.
@@ -472,11 +481,8 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed, groups=None
     groups = [np.arange(est.n_init)] if groups is None else [np.asarray(g, dtype=int) for g in groups]
     schedule = pruning_schedule(est.n_init, est.max_iter)
     batch = min(est.batch_size, n_samples)
-    given = selection is not None
-    selection = selection if given else SelectionSet(P, n_samples, batch, seed + 5)
-    # the first PRUNE_ANCHORS anchors of the same draw: the pruning steps' sample
-    early = selection if given or n_samples <= PRUNE_ANCHORS or not schedule else \
-        SelectionSet(P, n_samples, batch, seed + 5, PRUNE_ANCHORS)
+    selection = SelectionSet(P, n_samples, batch, seed + 5) if selection is None else selection
+    early = selection.first(PRUNE_ANCHORS) if schedule else selection  # the pruning steps' sample
     scores = np.full(est.n_init, np.nan)
 
     def score(sample=selection):

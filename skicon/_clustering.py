@@ -24,7 +24,7 @@ from ._cluster_heads import (
 from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
 from ._cluster_train import (
-    MOVE_MARGIN, PRUNE_ANCHORS, BlockObjective, PairObjective, SelectionSet, _BatchInputs, merge_clusters,
+    MOVE_MARGIN, PRUNE_ANCHORS, BlockObjective, PairObjective, _BatchInputs, merge_clusters,
     polish_head, relax_kmeans, split_join_labels, train_heads,
 )
 from ._distributed import from_rank0
@@ -455,15 +455,13 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         if plan.polish > 0 and self.mapper != "table":
             # two polished heads, both restarted from the kept head's layers: at its own clusters,
             # and at them after one split-and-join move; the lowest selection loss is kept
-            body = head if n_out == k else self.module_.head
             starts = [self._train_logits.argmax(axis=1)]
             if k > 1 and plan.direction == "forward":  # the move is judged by a forward row's loss
                 # the splits ranked on the pruning steps' sample (the first anchors of the same draw)
-                ranking = selection if n <= PRUNE_ANCHORS else SelectionSet(
-                    P, n, min(self.batch_size, n), selection.seed, PRUNE_ANCHORS)
-                moved = split_join_labels(self._train_logits, Xs, objective, ranking, np.random.RandomState(seed + 8))
+                moved = split_join_labels(self._train_logits, Xs, objective, selection.first(PRUNE_ANCHORS),
+                                          np.random.RandomState(seed + 8))
                 starts += [] if moved is None else [moved]
-            own, *move = polish_head(body, Xs, starts, k, make_objective, n_steps=plan.polish, est=self,
+            own, *move = polish_head(head, Xs, starts, k, make_objective, n_steps=plan.polish, est=self,
                                      n_samples=n, P=P, plan=plan, seed=seed + 7, selection=selection)
             polished = own
             if move and move[0] is not None and (own is None or move[0][1] < own[1] - MOVE_MARGIN * abs(own[1])):
