@@ -305,6 +305,17 @@ class SelectionSet:
 #: by 0.11% or more (0.0022-0.0084 on losses of 1.4-2.0, MNIST-5k and the digits features).
 MOVE_MARGIN = 1e-3
 
+#: Each round of the polish tries the MOVE_SPLITS splits that lower the selection loss most, each
+#: followed by each of its MOVE_JOINS cheapest joins by the hard-label figure: four moved copies
+#: beside the own-clusters copy. On MNIST-5k (seed 1) the right move was the best split with the
+#: second-cheapest join: the cheapest joined the two clusters that share the fours and nines.
+MOVE_SPLITS = 2
+MOVE_JOINS = 2
+
+#: Rounds of the polish at most; each round starts from the head the previous one kept, and
+#: the polish stops at the first round that does not lower the selection loss.
+POLISH_ROUNDS = 3
+
 #: Merges judged exactly per step of :func:`merge_clusters` (the best by the hard-label figure).
 MERGE_CANDIDATES = 5
 
@@ -465,7 +476,7 @@ def record_heads(objective, mod, losses):
     return losses.mean()
 
 
-def train_heads(module, objective, *, n_samples, P, plan, est, seed, groups=None, selection=None):
+def train_heads(module, objective, *, n_samples, P, plan, est, seed, groups=None, selection=None, prune=True):
     """Train the restart heads through the Trainer, pruning them on the selection loss.
 
     At each step of :func:`pruning_schedule` the active heads are scored on a fixed
@@ -477,9 +488,10 @@ def train_heads(module, objective, *, n_samples, P, plan, est, seed, groups=None
     the (iterations, n_init) batch-loss history (NaN once a head stopped), each restart's last
     selection loss, the Trainer and the selection sample (``selection`` when given: a
     :class:`SelectionSet` to score on, as the final polish does to compare with the main run).
+    ``prune=False`` trains every head to the end (the polish's copies are compared only then).
     """
     groups = [np.arange(est.n_init)] if groups is None else [np.asarray(g, dtype=int) for g in groups]
-    schedule = pruning_schedule(est.n_init, est.max_iter)
+    schedule = pruning_schedule(est.n_init, est.max_iter) if prune else {}
     batch = min(est.batch_size, n_samples)
     selection = SelectionSet(P, n_samples, batch, seed + 5) if selection is None else selection
     early = selection.first(PRUNE_ANCHORS) if schedule else selection  # the pruning steps' sample
@@ -554,7 +566,7 @@ def polish_head(head, Xs, starts, n_clusters, make_objective, *, n_steps, est, n
     # changes the sums: the fit would differ between n_jobs=1 and n_jobs=2 (test_determinism.py).
     with thread_limits(1):
         _, _, scores, _, _ = train_heads(module, make_objective(seed, len(heads)), n_samples=n_samples, P=P,
-                                         plan=plan, est=side, seed=seed, selection=selection)
+                                         plan=plan, est=side, seed=seed, selection=selection, prune=False)
     results, r = [], 0
     for h in restarted:
         results.append(None if h is None else (module.head(r).eval(), float(scores[r])))
@@ -562,21 +574,25 @@ def polish_head(head, Xs, starts, n_clusters, make_objective, *, n_steps, est, n
     return results
 
 
-def split_join_labels(logits, Xs, objective, selection, rng):
-    """Hard labels after one split-and-join move of a head's clusters, or None.
+def split_join_labels(logits, Xs, objective, selection, rng, n_splits=MOVE_SPLITS, n_joins=MOVE_JOINS):
+    """Hard labels after split-and-join moves of a head's clusters: a list, empty when none.
 
     Each cluster c is split in two by 2-means on its members in ``Xs`` (the head's input:
     k-means++ and Lloyd steps), its assignment phi_c shared between the halves by the nearer of
-    the two centres; the split that lowers the selection loss most is kept (all k judged in one
-    call of :meth:`PairObjective.sample_loss`). Then the pair of the k + 1 clusters whose join
-    costs least by the hard-label figure (:func:`hard_merge_losses`), other than the split's own
-    halves, is joined. ``logits`` (n_samples, k) are the head's on the training samples. Returns
-    the labels of that partition (k clusters), None when no cluster can be split.
+    the two centres; the ``n_splits`` splits that lower the selection loss most are kept (all k
+    judged in one call of :meth:`PairObjective.sample_loss`). After each, the ``n_joins`` pairs
+    of the k + 1 clusters whose join costs least by the hard-label figure
+    (:func:`hard_merge_losses`), other than the split's own halves, are joined, one per move.
+    ``logits`` (n_samples, k) are the head's on the training samples. Returns the labels of
+    each move's partition (k clusters each), best split first, cheapest join first.
 
     It targets the local optimum that restarts share: one cluster holding two classes while
     another class is split in two (on the EfficientNet features of digits, a cluster of sixes and
-    nines next to two clusters of fives). The labels start a second polish
-    (:func:`polish_head`), which keeps the move only if its loss ends lower.
+    nines next to two clusters of fives). The labels start the polish's moved copies
+    (:func:`polish_head`), of which one is kept only if its loss ends clearly lower
+    (:func:`choose_polished`). Several joins per split: the cheapest join by the hard-label
+    figure is often the pair of clusters that share two classes evenly (the fours and nines of
+    MNIST), whose join the training then undoes.
     """
     logits, X = np.asarray(logits, dtype=np.float64), np.asarray(Xs, dtype=np.float64)
     k = logits.shape[1]
@@ -593,7 +609,7 @@ def split_join_labels(logits, Xs, objective, selection, rng):
             continue
         options.append((c, sqdist(X, centers).argmin(axis=1) == 0))
     if not options:
-        return None
+        return []
     tiny = np.log(np.finfo(np.float64).tiny)
 
     def split(z, c, first):
@@ -603,13 +619,61 @@ def split_join_labels(logits, Xs, objective, selection, rng):
         return z
 
     trial = torch.as_tensor(np.stack([split(logits[nodes], c, first[nodes]) for c, first in options]))
-    c, first = options[int(torch.argmin(objective.sample_loss(trial, selection)))]
-    new = np.where(first, labels, np.where(labels == c, k, labels))
-    hard = hard_merge_losses(new[nodes], selection.sample, k + 1, objective.plan)
-    pairs = [(a, b) for a, b in zip(*np.triu_indices(k + 1, 1)) if (a, b) != (c, k)]
-    a, b = min(pairs, key=lambda pair: hard[pair])
-    new[new == b] = a
-    return np.unique(new, return_inverse=True)[1].reshape(-1)
+    order = np.argsort(objective.sample_loss(trial, selection).numpy(), kind="stable")
+    moves = []
+    for o in order[:n_splits]:
+        c, first = options[o]
+        new = np.where(first, labels, np.where(labels == c, k, labels))
+        hard = hard_merge_losses(new[nodes], selection.sample, k + 1, objective.plan)
+        pairs = [(a, b) for a, b in zip(*np.triu_indices(k + 1, 1)) if (a, b) != (c, k)]
+        for a, b in sorted(pairs, key=lambda pair: hard[pair])[:n_joins]:
+            moved = np.where(new == b, a, new)
+            moves.append(np.unique(moved, return_inverse=True)[1].reshape(-1))
+    return moves
+
+
+def choose_polished(own, moves):
+    """The polish's pick of one round: the own-clusters copy, or the best moved copy when its
+    selection loss is lower by more than :data:`MOVE_MARGIN` of the own copy's.
+
+    ``own`` and each of ``moves`` are ``(head, loss)`` or None (:func:`polish_head`). Returns
+    ``(head, loss)``, or None when no copy could be made.
+    """
+    moves = [m for m in moves if m is not None]
+    best = min(moves, key=lambda m: m[1]) if moves else None
+    if best is not None and (own is None or best[1] < own[1] - MOVE_MARGIN * abs(own[1])):
+        return best
+    return own
+
+
+def polish(head, logits, kept_loss, Xs, objective, make_objective, forward, *, n_clusters, n_steps, rounds, est,
+           n_samples, P, plan, seed, selection):
+    """The final polish of a fitted head: up to ``rounds`` rounds of :func:`polish_head`.
+
+    Each round restarts the current head's last layer at its own hard clusters (from
+    ``logits``, the head's on the training samples) and at those of the moves of
+    :func:`split_join_labels` (forward rows; the splits ranked on the pruning steps' sample),
+    trains the copies side by side and picks one (:func:`choose_polished`). The pick replaces
+    the current head only if its selection loss is below ``kept_loss``, the current head's;
+    the next round starts from it, and the first round that does not lower the loss ends the
+    polish. ``forward(head)`` gives a head's logits on the training samples. Returns ``(head,
+    loss, logits, rounds kept)``; the head given and 0 rounds when no round was kept.
+    """
+    kept = (head, kept_loss, logits, 0)
+    for r in range(rounds):
+        starts = [logits.argmax(axis=1)]
+        if n_clusters > 1 and plan.direction == "forward":  # the moves are judged by a forward row's loss
+            starts += split_join_labels(logits, Xs, objective, selection.first(PRUNE_ANCHORS),
+                                        np.random.RandomState(seed + 1 + 100 * r))
+        own, *moves = polish_head(head, Xs, starts, n_clusters, make_objective, n_steps=n_steps, est=est,
+                                  n_samples=n_samples, P=P, plan=plan, seed=seed + 100 * r, selection=selection)
+        pick = choose_polished(own, moves)
+        if pick is None or not pick[1] < kept_loss:
+            break
+        head, kept_loss = pick
+        logits = forward(head)
+        kept = (head, kept_loss, logits, r + 1)
+    return kept
 
 
 def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):

@@ -246,8 +246,11 @@ def test_augment_positives(blobs):
         calls.append(Xb.shape)
         return Xb + 0.05 * torch.randn(Xb.shape, generator=generator, dtype=Xb.dtype)
 
+    from skicon._cluster_train import POLISH_ROUNDS
+
     est = ICONClustering(4, augment=jitter, random_state=0, **FAST).fit(X)
-    assert len(calls) == FAST["max_iter"] + est._plan.polish  # every training step views its anchors
+    rounds = min(est.polish_rounds_ + 1, POLISH_ROUNDS)  # the rounds kept, and the one that ended the polish
+    assert len(calls) == FAST["max_iter"] + rounds * est._plan.polish  # every training step views its anchors
     assert adjusted_rand_score(y, est.labels_) > 0.9
 
 
@@ -786,11 +789,11 @@ def test_restart_last_layer_declines_tables_and_empty_clusters(blobs):
 
 
 def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch):
-    import skicon._clustering as clustering
+    import skicon._cluster_train as train
 
     X, _ = blobs
     calls = []
-    real = clustering.polish_head
+    real = train.polish_head
 
     def fake(loss_shift):
         def polish(head, Xs, starts, k, make_objective, **kw):
@@ -799,16 +802,49 @@ def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch
         return polish
 
     plain = ICONClustering(4, random_state=0, polish=0, **FAST).fit(X)
-    assert not plain.polished_
-    monkeypatch.setattr(clustering, "polish_head", fake(np.inf))  # never lower: the main run's head stays
+    assert not plain.polished_ and plain.polish_rounds_ == 0
+    monkeypatch.setattr(train, "polish_head", fake(np.inf))  # never lower: the main run's head stays
     worse = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
-    assert calls == [(10, 2)] and not worse.polished_  # the kept clusters and the split-and-join move
+    # one round (it did not lower the loss): the kept clusters and the split-and-join moves
+    assert len(calls) == 1 and calls[0][0] == 10 and 2 <= calls[0][1] <= 1 + train.MOVE_SPLITS * train.MOVE_JOINS
+    assert not worse.polished_ and worse.polish_rounds_ == 0
     np.testing.assert_array_equal(worse.labels_, plain.labels_)
     assert worse.loss_ == plain.loss_
-    monkeypatch.setattr(clustering, "polish_head", fake(-np.inf))  # always lower: the polished head is kept
+    calls.clear()
+    monkeypatch.setattr(train, "polish_head", fake(-np.inf))  # always lower than the main run's head
     better = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
-    assert better.polished_ and better.merged_groups_ == [[0], [1], [2], [3]]
+    # the first round is kept; the second cannot go below -inf and ends the polish
+    assert len(calls) == 2 and better.polished_ and better.polish_rounds_ == 1
+    assert better.merged_groups_ == [[0], [1], [2], [3]]
     np.testing.assert_array_equal(better.predict(X), better.labels_)
+
+
+@pytest.mark.parametrize("losses,kept", [([-1.0, -2.0, -3.0, -4.0], 3), ([-1.0, -2.0, -2.0], 2), ([np.inf], 0)])
+def test_polish_rounds_go_on_while_the_loss_falls(blobs, monkeypatch, losses, kept):
+    # each round starts from the head the previous one kept; the first round that does not lower
+    # the selection loss ends the polish, and at most POLISH_ROUNDS rounds run
+    import skicon._cluster_train as train
+
+    assert train.POLISH_ROUNDS == 3
+    X, _ = blobs
+    given, picks = [], []
+    real = train.polish_head
+
+    def polish(head, Xs, starts, k, make_objective, **kw):
+        given.append(head)
+        results = real(head, Xs, starts, k, make_objective, **kw)
+        loss = losses[min(len(given) - 1, len(losses) - 1)]
+        picks.append(results[0][0])
+        return [(results[0][0], loss)] + [None] * (len(results) - 1)
+
+    monkeypatch.setattr(train, "polish_head", polish)
+    monkeypatch.setattr(train, "choose_polished", lambda own, moves: own)
+    est = ICONClustering(4, random_state=0, polish=5, **FAST).fit(X)
+    assert est.init_losses_[np.isfinite(est.init_losses_)].min() > -1.0  # a KL: the fake losses are lower
+    assert est.polish_rounds_ == kept and len(given) == min(kept + 1, train.POLISH_ROUNDS)
+    for r in range(1, len(given)):
+        assert given[r] is picks[r - 1]  # round r + 1 polishes round r's head
+    assert (est.module_ is picks[kept - 1]) if kept else not est.polished_
 
 
 def test_polish_auto_and_validation(blobs):
@@ -847,28 +883,47 @@ def test_split_join_move_undoes_a_merge_next_to_a_split():
     bad = np.where((y == 2) & (bad != 1), 2, bad)  # blob 2: its halves in clusters 1 and 2
     assert adjusted_rand_score(y, bad) < 0.8 and len(np.unique(bad)) == 4
     logits = 4.0 * np.eye(4)[bad]
-    moved = split_join_labels(logits, X, objective, selection, np.random.RandomState(0))
-    assert sorted(np.unique(moved)) == [0, 1, 2, 3]
-    assert adjusted_rand_score(y, moved) == 1.0
+    moves = split_join_labels(logits, X, objective, selection, np.random.RandomState(0))
+    assert 1 < len(moves) <= 4  # the best two splits, each with its two cheapest joins
+    assert all(sorted(np.unique(moved)) == [0, 1, 2, 3] for moved in moves)
+    assert adjusted_rand_score(y, moves[0]) == 1.0  # the best split with its cheapest join
+    assert all(adjusted_rand_score(y, moved) < 1.0 for moved in moves[1:])
+    assert split_join_labels(np.zeros((len(X), 1)), X, objective, selection, np.random.RandomState(0)) == []
 
 
 @pytest.mark.parametrize("move_gain,kept", [(0.0005, "own"), (0.002, "move"), (-0.01, "own")])
 def test_the_move_must_win_by_the_margin(blobs, monkeypatch, move_gain, kept):
-    # the split-and-join copy replaces the own-clusters copy only when its loss is lower by more
-    # than MOVE_MARGIN (0.1%) of it; either replaces the kept restart only below its loss
-    import skicon._clustering as clustering
-    from skicon._cluster_train import MOVE_MARGIN
+    # a moved copy replaces the own-clusters copy only when its loss is lower by more than
+    # MOVE_MARGIN (0.1%) of it; the best of the moves is the one compared; either replaces the
+    # kept restart only below its loss
+    import skicon._cluster_train as train
 
-    assert MOVE_MARGIN == 1e-3
+    assert train.MOVE_MARGIN == 1e-3
     X, _ = blobs
     made = {}
-    real = clustering.polish_head
+    real = train.polish_head
 
     def polish(head, Xs, starts, k, make_objective, **kw):
-        (own, _), (move, _) = real(head, Xs, starts, k, make_objective, **kw)
-        made.update(own=own, move=move)
-        return [(own, -5.0), (move, -5.0 - 5.0 * move_gain)]
+        (own, _), *moves = real(head, Xs, starts, k, make_objective, **kw)
+        assert len(moves) >= 2
+        if not made:  # the first round (the second does not go lower, and ends the polish)
+            made.update(own=own, move=moves[1][0])
+        # the second move is the best; the others are worse than the own copy
+        return [(own, -5.0), (moves[0][0], -4.0), (moves[1][0], -5.0 - 5.0 * move_gain)] + [
+            (m[0], -4.0) for m in moves[2:]]
 
-    monkeypatch.setattr(clustering, "polish_head", polish)
+    monkeypatch.setattr(train, "polish_head", polish)
     est = ICONClustering(4, random_state=0, polish=10, **FAST).fit(X)
-    assert est.polished_ and est.module_ is made[kept]
+    assert est.polished_ and est.polish_rounds_ == 1 and est.module_ is made[kept]
+
+
+def test_choose_polished():
+    from skicon._cluster_train import choose_polished
+
+    own, a, b = object(), object(), object()
+    assert choose_polished((own, 2.0), [(a, 1.999), None, (b, 1.9999)]) == (own, 2.0)  # within 0.1%
+    assert choose_polished((own, 2.0), [(a, 1.99), (b, 1.95)]) == (b, 1.95)  # the best move, clearly lower
+    assert choose_polished(None, [None, (a, 3.0)]) == (a, 3.0)
+    assert choose_polished((own, -2.0), [(a, -2.001)]) == (own, -2.0)  # the margin on |loss|: 0.002
+    assert choose_polished((own, -2.0), [(a, -2.01)]) == (a, -2.01)
+    assert choose_polished(None, [None]) is None
