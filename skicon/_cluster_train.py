@@ -300,9 +300,10 @@ class SelectionSet:
 
 
 #: The best split-and-join start of the polish replaces the head polished at its own clusters
-#: only when its selection loss is lower by more than this fraction (:func:`choose_polished`): on digits (seed 3) a move won by
-#: 0.03% of the loss and lost 0.07 accuracy; the moves that mended a merged pair of digits won
-#: by 0.11% or more (0.0022-0.0084 on losses of 1.4-2.0, MNIST-5k and the digits features).
+#: only when its selection loss is lower by more than this fraction (:func:`choose_polished`):
+#: on digits (seed 3) a move won by 0.03% of the loss and lost 0.07 accuracy; the moves that
+#: mended a merged pair of digits won by 0.11% or more (0.0022-0.0084 on losses of 1.4-2.0,
+#: MNIST-5k and the digits features).
 MOVE_MARGIN = 1e-3
 
 #: Each round of the polish tries the MOVE_SPLITS splits that lower the selection loss most, each
@@ -660,7 +661,7 @@ def polish(head, logits, kept_loss, Xs, objective, make_objective, forward, *, n
     polish. ``forward(head)`` gives a head's logits on the training samples. Returns ``(head,
     loss, logits, rounds kept)``; the head given and 0 rounds when no round was kept.
     """
-    kept = (head, kept_loss, logits, 0)
+    kept = 0
     for r in range(rounds):
         starts = [logits.argmax(axis=1)]
         if n_clusters > 1 and plan.direction == "forward":  # the moves are judged by a forward row's loss
@@ -672,9 +673,8 @@ def polish(head, logits, kept_loss, Xs, objective, make_objective, forward, *, n
         if pick is None or not pick[1] < kept_loss:
             break
         head, kept_loss = pick
-        logits = forward(head)
-        kept = (head, kept_loss, logits, r + 1)
-    return kept
+        logits, kept = forward(head), r + 1
+    return head, kept_loss, logits, kept
 
 
 def relax_kmeans(Z, k, *, n_init, n_relax, learning_rate, rng, est):

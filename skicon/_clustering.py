@@ -457,7 +457,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         self._train_logits = forward(self.module_)
         self.polish_rounds_ = 0
         if plan.polish > 0 and self.mapper != "table":
-            polished, loss, logits, self.polish_rounds_ = polish(
+            polished, _, logits, self.polish_rounds_ = polish(
                 head, self._train_logits, kept_loss, Xs, objective, make_objective, forward, n_clusters=k,
                 n_steps=plan.polish, rounds=POLISH_ROUNDS, est=self, n_samples=n, P=P, plan=plan, seed=seed + 7,
                 selection=selection)
