@@ -358,38 +358,45 @@ def seat_centres(layer, H, centers, softness):
         layer.bias[:k].copy_(torch.as_tensor(-(centers * centers).sum(1) / temperature, dtype=layer.bias.dtype))
 
 
-#: Temperature of the polished head's restarted logits (:func:`restart_last_layer`), in units of
+#: Temperature of the polished head's restarted logits (:func:`restart_last_layers`), in units of
 #: the mean squared distance to the nearest centre: sharper than a restart's seeding, since the
 #: clusters are the kept head's own.
 POLISH_SOFTNESS = 0.5
 
 
-def restart_last_layer(head, Xs, labels, k, chunk=8192):
-    """A copy of ``head`` whose last layer is new and seated at the centres of ``labels``.
+def restart_last_layers(head, Xs, starts, k, chunk=8192):
+    """Copies of ``head`` whose last layer is new and seated at the centres of each of ``starts``.
 
-    The layers before the last are copied with their trained weights; the new last layer (``k``
-    outputs) gives the nearest-centre logits of the features it reads (the hidden layer of an
-    MLP, the input of a linear head) around the centres of the ``k`` hard clusters ``labels``
-    (:func:`seat_centres`, :data:`POLISH_SOFTNESS`). The start of the final polish of
-    ICONClustering (:func:`~skicon._cluster_train.polish_head`). Returns None for a head whose
-    last layer is not a biased ``nn.Linear`` (a table, a user factory of another shape) or
-    when a cluster of ``labels`` is empty.
+    For each hard labelling in ``starts``, the layers before the last are copied with their
+    trained weights, and a new last layer (``k`` outputs) gives the nearest-centre logits of the
+    features it reads (the hidden layer of an MLP, the input of a linear head) around the
+    centres of the ``k`` clusters (:func:`seat_centres`, :data:`POLISH_SOFTNESS`); the features
+    of ``Xs`` are computed once for all. The starts of the final polish of ICONClustering
+    (:func:`~skicon._cluster_train.polish_head`). Returns one copy per labelling: None for a
+    labelling with an empty cluster, and for every one when the head's last layer is not a
+    biased ``nn.Linear`` (a table, a user factory of another shape).
     """
     layers = layers_of(head)
     last = None if not layers else layers[-1]
-    labels = np.asarray(labels)
-    if not isinstance(last, nn.Linear) or last.bias is None or np.bincount(labels, minlength=k).min() == 0:
-        return None
-    body = [copy.deepcopy(layer) for layer in layers[:-1]]
+    starts = [np.asarray(labels) for labels in starts]
+    usable = [np.bincount(labels, minlength=k).min() > 0 for labels in starts]
+    if not isinstance(last, nn.Linear) or last.bias is None or not any(usable):
+        return [None] * len(starts)
     device = last.weight.device
     with torch.no_grad():
-        features = nn.Sequential(*body).eval()
+        features = copy.deepcopy(nn.Sequential(*layers[:-1])).eval()  # eval mode without touching the head
         X = torch.as_tensor(np.asarray(Xs), dtype=last.weight.dtype, device=device)
         H = torch.cat([features(X[s : s + chunk]) for s in range(0, X.shape[0], chunk)]).double().cpu().numpy()
-    centers = np.stack([H[labels == c].mean(0) for c in range(k)])
-    new = nn.Linear(last.in_features, k).to(device=device, dtype=last.weight.dtype)
-    seat_centres(new, H, centers, POLISH_SOFTNESS)
-    return nn.Sequential(*body, new) if body else new
+    copies = []
+    for labels, ok in zip(starts, usable):
+        if not ok:
+            copies.append(None)
+            continue
+        body = [copy.deepcopy(layer) for layer in layers[:-1]]
+        new = nn.Linear(last.in_features, k).to(device=device, dtype=last.weight.dtype)
+        seat_centres(new, H, np.stack([H[labels == c].mean(0) for c in range(k)]), POLISH_SOFTNESS)
+        copies.append(nn.Sequential(*body, new) if body else new)
+    return copies
 
 
 # ---------------------------------------------------------------------------------------------

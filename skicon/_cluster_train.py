@@ -532,7 +532,7 @@ def polish_head(head, Xs, starts, n_clusters, make_objective, *, n_steps, est, n
 
     For each labelling in ``starts`` (hard clusters of the training samples: the head's own, a
     joined head's groups becoming plain outputs, and those of :func:`split_join_labels`),
-    :func:`~skicon._cluster_heads.restart_last_layer` copies the head's trained layers and
+    :func:`~skicon._cluster_heads.restart_last_layers` copies the head's trained layers and
     seats a new last layer of ``n_clusters`` outputs at the clusters' centres. The copies train
     side by side through :func:`train_heads` (``n_steps`` steps on ``make_objective(seed,
     n_init)``, the same batches for all, no pruning, no callbacks) and are scored on
@@ -553,10 +553,10 @@ def polish_head(head, Xs, starts, n_clusters, make_objective, *, n_steps, est, n
     """
     from types import SimpleNamespace
 
-    from ._cluster_heads import FusedHeads, Heads, restart_last_layer
+    from ._cluster_heads import FusedHeads, Heads, restart_last_layers
     from ._threads import thread_limits
 
-    restarted = [restart_last_layer(head, Xs, labels, n_clusters) for labels in starts]
+    restarted = restart_last_layers(head, Xs, starts, n_clusters)
     heads = [h for h in restarted if h is not None]
     if not heads:
         return [None] * len(starts)

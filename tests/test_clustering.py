@@ -755,12 +755,12 @@ def test_ncut_accepts_overclustering_of_one_only(blobs):
 
 # -- the final polish ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mapper", ["linear", "mlp"])
-def test_restart_last_layer_starts_at_the_given_clusters(blobs, mapper):
-    from skicon._cluster_heads import layers_of, restart_last_layer
+def test_restart_last_layers_start_at_the_given_clusters(blobs, mapper):
+    from skicon._cluster_heads import layers_of, restart_last_layers
 
     X, y = blobs
     head = make_mapper(mapper, X.shape[1], 6, hidden=(16,), random_state=0)
-    new = restart_last_layer(head, X, y, 4)
+    new = restart_last_layers(head, X, [y], 4)[0]
     body, old = layers_of(new), layers_of(head)
     # the body keeps the trained weights (copies, not the same tensors); the last layer is new
     for a, b in zip(body[:-1], old[:-1]):
@@ -780,12 +780,15 @@ def test_restart_last_layer_starts_at_the_given_clusters(blobs, mapper):
     assert (labels == y).mean() > 0.95  # well-separated blobs: the given clusters themselves
 
 
-def test_restart_last_layer_declines_tables_and_empty_clusters(blobs):
-    from skicon._cluster_heads import restart_last_layer
+def test_restart_last_layers_decline_tables_and_empty_clusters(blobs):
+    from skicon._cluster_heads import restart_last_layers
 
     X, y = blobs
-    assert restart_last_layer(make_mapper("table", X.shape[1], 4, n_samples=len(X)), X, y, 4) is None
-    assert restart_last_layer(make_mapper("linear", X.shape[1], 5), X, y, 5) is None  # cluster 4 is empty
+    assert restart_last_layers(make_mapper("table", X.shape[1], 4, n_samples=len(X)), X, [y], 4) == [None]
+    assert restart_last_layers(make_mapper("linear", X.shape[1], 5), X, [y], 5) == [None]  # cluster 4 is empty
+    # a labelling with an empty cluster is declined, the others beside it still restarted
+    kept, empty = restart_last_layers(make_mapper("linear", X.shape[1], 4), X, [y, np.zeros_like(y)], 4)
+    assert kept is not None and empty is None
 
 
 def test_polish_is_kept_only_when_its_selection_loss_is_lower(blobs, monkeypatch):
