@@ -27,7 +27,10 @@ Ablation (``--ablation``, the paper's Tables 3-4 and Figure 4 on these features)
 ``random_state`` 0..seeds-1, Hungarian accuracy and ARI, mean ± std; written to
 ``results/pretrained_ablation.{json,md}`` and drawn by :func:`plot_ablation` to
 ``docs/_static/pretrained_ablation.png``. Pieces run apart (``--datasets``, ``--groups``, ``--rows``,
-``--stem``) join with ``--merge FILE ...``; ``--plot FILE`` redraws the figure from a JSON.
+``--stem``) join with ``--merge FILE ...``; ``--plot FILE`` redraws the figure from a JSON. The
+investigation's rows are kept apart, in ``results/pretrained_ablation_investigation.{json,md}``
+(``--merge`` of its pieces with ``--stem pretrained_ablation_investigation``), so that the main
+tables can be rerun alone.
 """
 
 from __future__ import annotations
@@ -390,7 +393,8 @@ def render_ablation(raw, quick=False, notes=None):
             "Ten clusters on the L2-normalised features of bench_pretrained; mean ± std over seeds of the "
             f"Hungarian accuracy and ARI. Cumulative rows debias with alpha = {ABLATION_ALPHA}; the sweeps "
             "and the EMA rows use 10-NN with walks of length <= 2 (walk_length=2). Other parameters at "
-            "ICONClustering's defaults (batch_size 256, n_negatives 64, max_iter 400, n_init 8)."
+            "ICONClustering's defaults (batch_size 256, n_negatives 64, max_iter 400, n_init 8, overclustering "
+            "and polish 'auto')."
             + (" QUICK RUN: short training; not figures to quote." if quick else "")
         ),
         "tables": tables,
