@@ -162,6 +162,40 @@ class MergedHead(nn.Module):
         return merge_logits(self.head(x), self.groups)
 
 
+class ConsensusHead(nn.Module):
+    """Independent fits combined: logits ``log (1/E) sum_e softmax(f_e(x))[order_e]``.
+
+    Each head's clusters are taken in the order ``orders[e]`` (``orders[e][c]`` is head e's
+    cluster matched to cluster c of the first head, :func:`match_clusters`), and the
+    assignments are averaged: a soft vote of the ``E`` fits, whose softmax is that mean.
+    """
+
+    def __init__(self, heads, orders):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.orders = [[int(c) for c in order] for order in orders]
+
+    def forward(self, x):
+        votes = [torch.log_softmax(head(x), dim=-1)[..., order] for head, order in zip(self.heads, self.orders)]
+        return torch.logsumexp(torch.stack(votes), dim=0) - float(np.log(len(votes)))
+
+
+def match_clusters(reference, labels, k):
+    """``order`` with ``order[c]`` the cluster of ``labels`` matched to cluster c of ``reference``.
+
+    The one-to-one matching of the k clusters that shares the most samples (the Hungarian
+    algorithm on the k x k contingency table of the two labellings, labels in ``range(k)``).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    table = np.zeros((k, k))
+    np.add.at(table, (np.asarray(reference), np.asarray(labels)), 1.0)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    order = np.empty(k, dtype=int)
+    order[rows] = cols
+    return order
+
+
 def merge_logits(z, groups):
     """``log sum_{c in g} exp(z_c)`` for each group ``g`` (torch), over the last axis."""
     return torch.stack([torch.logsumexp(z[..., g], dim=-1) for g in groups], dim=-1)

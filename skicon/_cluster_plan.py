@@ -17,7 +17,8 @@ from .objectives._cluster import exp_graph_log_p
 
 CENTROID_ROWS = ("kmeans", "spectral")
 #: Parameters of the learned head, rejected by the centroid rows when not at their default.
-HEAD_PARAMS = {"ema": None, "augment": None, "mapper": "mlp", "hidden_layer_sizes": (64,), "polish": "auto"}
+HEAD_PARAMS = {"ema": None, "augment": None, "mapper": "mlp", "hidden_layer_sizes": (64,), "polish": "auto",
+               "n_ensemble": 1}
 
 
 def make_plan(est):

@@ -19,7 +19,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cluster_heads import (
-    SEEDED_HEADS, CenterScores, FusedHeads, Heads, MergedHead, center_sqdist, seed_heads, softmax,
+    SEEDED_HEADS, CenterScores, ConsensusHead, FusedHeads, Heads, MergedHead, center_sqdist, match_clusters,
+    seed_heads, softmax,
 )
 from ._cluster_plan import CENTROID_ROWS as _CENTROID_ROWS
 from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, supervisory
@@ -136,6 +137,18 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         well-separated blobs, where k-means is the right model; the seeded restarts do not,
         and win on the loss there (see ``seed_heads`` in ``skicon/_cluster_heads.py``).
         "kmeans"/"spectral" keep the seeding with the lowest objective.
+    n_ensemble : int >= 1, default=1
+        Independent fits combined by a soft vote. Each is a whole fit of the heads on the same
+        p (its own ``n_init`` restarts, selection, joins and polish, seeded in turn from
+        ``random_state``); the clusters of each are matched to the first fit's (the Hungarian
+        algorithm on their training labels), and ``module_`` averages the matched soft
+        assignments (:class:`~skicon._cluster_heads.ConsensusHead`), so that ``labels_``,
+        ``predict`` and ``predict_proba`` are the fits' soft vote. It costs ``n_ensemble`` fits
+        (p is built once). The fits that go wrong are few, and wrong in different ways, so the
+        vote removes most of their errors and lowers the seed spread (see :ref:`benchmarks`).
+        Learned heads only ("kmeans"/"spectral" accept 1). ``n_iter_``, ``loss_curve_``,
+        ``init_losses_``, ``init_n_iter_``, ``merged_groups_``, ``polished_`` and
+        ``polish_rounds_`` describe the first fit.
     batch_size : int, default=256
         Anchors per step (each brings a sampled positive); also the block of ``loss_``.
     n_negatives : int or None, default=64
@@ -186,6 +199,9 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     polish_rounds_ : int
         Learned heads: the rounds of the polish whose head was kept (0 to 3; 0 when none
         was or with ``polish=0``).
+    ensemble_losses_ : ndarray of shape (n_ensemble,)
+        Learned heads: each fit's ``loss_`` before the vote (the one ``loss_`` with
+        ``n_ensemble=1``).
     loss_curve_ : ndarray of shape (n_logs,)
         The kept restart's mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
@@ -200,10 +216,11 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         "kmeans"/"spectral" the row's reverse I-Con loss with the Gaussian ``p_`` at the
         resolved bandwidth (sigma^2 = inertia / (n_samples n_features)) and the head's logits.
     module_ : torch.nn.Module
-        The kept head (features to cluster logits; centre scores for the centroid rows).
+        The kept head (features to cluster logits; centre scores for the centroid rows); with
+        ``n_ensemble > 1`` the :class:`~skicon._cluster_heads.ConsensusHead` of the fits' heads.
     merged_groups_ : list of list of int
         Learned heads: the kept head's clusters joined into each output cluster (singletons
-        when it learned ``n_clusters`` or was polished); ``module_`` outputs the joined logits
+        when it learned ``n_clusters`` or was polished); its head outputs the joined logits
         ``log sum_{c in g} exp z_c``.
     init_losses_ : ndarray of shape (n_init,)
         Each restart's last selection loss, at the step it stopped (learned heads; after the
@@ -274,6 +291,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         "overclustering": [StrOptions({"auto"}), Interval(numbers.Real, 1, None, closed="left"), "array-like"],
         "polish": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_ensemble": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_negatives": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -289,8 +307,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
 
     def __init__(self, n_clusters=8, *, method="infonce_clustering", p=None, q=None, n_neighbors="auto",
                  walk_length="auto", alpha="auto", alpha_q="auto", ema=None, mapper="mlp", hidden_layer_sizes=(64,),
-                 augment=None, overclustering="auto", polish="auto", n_init=8, batch_size=256, n_negatives=64,
-                 max_iter=400, learning_rate="auto", metric="euclidean", n_components=50, device="cpu",
+                 augment=None, overclustering="auto", polish="auto", n_init=8, n_ensemble=1, batch_size=256,
+                 n_negatives=64, max_iter=400, learning_rate="auto", metric="euclidean", n_components=50, device="cpu",
                  random_state=None, verbose=False, callbacks=None, n_jobs=None):
         self.n_clusters = n_clusters
         self.method = method
@@ -307,6 +325,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         self.overclustering = overclustering
         self.polish = polish
         self.n_init = n_init
+        self.n_ensemble = n_ensemble
         self.batch_size = batch_size
         self.n_negatives = n_negatives
         self.max_iter = max_iter
@@ -394,8 +413,9 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         return self
 
     def _fit_heads(self, X, rng):
-        """Learned heads ("mi", "infonce_clustering", "ncut"): p, objective, Trainer."""
-        plan, n = self._plan, X.shape[0]
+        """Learned heads ("mi", "infonce_clustering", "ncut"): p once, then ``n_ensemble`` fits of
+        heads (:meth:`_fit_member`), combined by :class:`ConsensusHead` when there are several."""
+        plan, n, k = self._plan, X.shape[0], self.n_clusters
         if self.mapper == "table" and self.augment is not None:
             raise ValueError("augment needs a parametric mapper ('linear', 'mlp' or a factory), not mapper='table'.")
         self._train_knn = Xk = self._knn_space(X)
@@ -403,11 +423,39 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             self.p_, P, degrees = supervisory(self, Xk, seed_from_random_state(rng))
         P, degrees = from_rank0((P, degrees))  # torch.distributed: one p for every rank
         self._train_P, self._train_degrees = P, degrees
-        seed = seed_from_random_state(rng)
+        if plan.direction == "reverse":
+            self.affinity_matrix_ = P
         Xs = self._standardize(X)
+        inputs = _BatchInputs(torch.as_tensor(Xs, device=self._device), self.mapper == "table", self._device)
+        train_inputs = np.arange(n) if self.mapper == "table" else Xs
+        forward = lambda module: batched_forward(  # noqa: E731
+            module, train_inputs, device=self._device, dtype=torch.long if self.mapper == "table" else torch.float32)
+        fits = [self._fit_member(X, Xs, inputs, P, degrees, forward, seed_from_random_state(rng))
+                for _ in range(self.n_ensemble)]
+        first = fits[0]
+        self.module_, self.merged_groups_, self._train_logits = first["module"], first["merged_groups"], first["logits"]
+        for name in ("loss_curve_", "loss_curve_iterations_", "n_iter_", "init_losses_", "init_n_iter_",
+                     "polish_rounds_"):
+            setattr(self, name, first[name])
+        self.polished_ = self.polish_rounds_ > 0
+        self.ensemble_losses_ = np.array([row_loss(self, f["logits"]) for f in fits])
+        if len(fits) > 1:  # the vote, in the first fit's numbering of the clusters
+            reference = first["logits"].argmax(axis=1)
+            orders = [match_clusters(reference, f["logits"].argmax(axis=1), k) for f in fits]
+            self.module_ = ConsensusHead([f["module"] for f in fits], orders).eval()
+            self._train_logits = forward(self.module_)
+        self.loss_ = row_loss(self, self._train_logits) if len(fits) > 1 else float(self.ensemble_losses_[0])
+
+    def _fit_member(self, X, Xs, inputs, P, degrees, forward, seed):
+        """One fit of the heads on the given p: restarts, selection, joins and the polish.
+
+        Returns a dict of the kept head (``module``, ``k`` outputs), its ``logits`` on the training
+        samples, ``merged_groups`` and the fitted attributes of one fit (``loss_curve_``, ...).
+        """
+        plan, n, k = self._plan, X.shape[0], self.n_clusters
         # the restarts in consecutive groups, one per overclustering factor; group g's heads use
         # the first n_used of the n_out outputs (the others are masked, see mask_unused)
-        k, factors = self.n_clusters, plan.overclustering[: self.n_init]
+        factors = plan.overclustering[: self.n_init]
         group_of = [r * len(factors) // self.n_init for r in range(self.n_init)]
         group_k = [max(k, min(int(np.ceil(f * k)), n)) for f in factors]
         n_used = [group_k[g] for g in group_of]
@@ -418,10 +466,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         masked = n_used if min(n_used) < n_out else None
         module = (FusedHeads(heads, masked) if FusedHeads.supports(heads[0]) else Heads(heads, masked))
         module = module.to(self._device)
-        inputs = _BatchInputs(torch.as_tensor(Xs, device=self._device), self.mapper == "table", self._device)
         if plan.direction == "reverse":
-            self.affinity_matrix_ = P
-
             def make_objective(seed, n_init=1, n_used=None):
                 return BlockObjective(inputs, P, degrees, plan, seed, n_init=n_init)
         else:
@@ -433,9 +478,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
                                      degrees=degrees, augment=augment, n_clusters=k, n_used=n_used)
         objective = make_objective(seed, n_init=self.n_init, n_used=masked)
         groups = [[r for r in range(self.n_init) if group_of[r] == g] for g in range(len(factors))]
-        picks, history, self.init_losses_, trainer, selection = train_heads(
+        picks, history, init_losses, trainer, selection = train_heads(
             module, objective, n_samples=n, P=P, plan=plan, est=self, seed=seed, groups=groups)
-        self.init_n_iter_ = np.isfinite(history).sum(axis=0)
         # each group's pick, its extra clusters joined; the lowest selection loss is kept
         options = []
         for g, r in enumerate(picks):
@@ -445,26 +489,22 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             if group_k[g] > k:
                 joins, loss = merge_clusters(head, objective, selection, k, n_used=group_k[g])
             else:
-                joins, loss = [[c] for c in range(k)], self.init_losses_[r]
+                joins, loss = [[c] for c in range(k)], init_losses[r]
             options.append((loss, g, r, head, joins))
-        kept_loss, _, best, head, self.merged_groups_ = min(options, key=lambda option: option[:2])
-        self.module_ = head if n_out == k else MergedHead(head, self.merged_groups_).eval()
-        self.loss_curve_ = log_means(history[:, best], trainer.history_iterations)
-        self.loss_curve_iterations_, self.n_iter_ = np.asarray(trainer.history_iterations), trainer.n_iter
-        train_inputs = np.arange(n) if self.mapper == "table" else Xs
-        forward = lambda module: batched_forward(  # noqa: E731
-            module, train_inputs, device=self._device, dtype=torch.long if self.mapper == "table" else torch.float32)
-        self._train_logits = forward(self.module_)
-        self.polish_rounds_ = 0
+        kept_loss, _, best, head, merged_groups = min(options, key=lambda option: option[:2])
+        fit = dict(module=head if n_out == k else MergedHead(head, merged_groups).eval(), merged_groups=merged_groups,
+                   loss_curve_=log_means(history[:, best], trainer.history_iterations),
+                   loss_curve_iterations_=np.asarray(trainer.history_iterations), n_iter_=trainer.n_iter,
+                   init_losses_=init_losses, init_n_iter_=np.isfinite(history).sum(axis=0), polish_rounds_=0)
+        fit["logits"] = forward(fit["module"])
         if plan.polish > 0 and self.mapper != "table":
-            polished, _, logits, self.polish_rounds_ = polish(
-                head, self._train_logits, kept_loss, Xs, objective, make_objective, forward, n_clusters=k,
+            polished, _, logits, fit["polish_rounds_"] = polish(
+                head, fit["logits"], kept_loss, Xs, objective, make_objective, forward, n_clusters=k,
                 n_steps=plan.polish, rounds=POLISH_ROUNDS, est=self, n_samples=n, P=P, plan=plan, seed=seed + 7,
                 selection=selection)
-            if self.polish_rounds_:
-                self.module_, self.merged_groups_, self._train_logits = polished, [[c] for c in range(k)], logits
-        self.polished_ = self.polish_rounds_ > 0
-        self.loss_ = row_loss(self, self._train_logits)
+            if fit["polish_rounds_"]:
+                fit.update(module=polished, merged_groups=[[c] for c in range(k)], logits=logits)
+        return fit
 
     def _fit_centroids(self, X, rng):
         """"kmeans" / "spectral": Adam relaxation through the Trainer, then the Lloyd polish."""

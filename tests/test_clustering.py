@@ -930,3 +930,90 @@ def test_choose_polished():
     assert choose_polished((own, -2.0), [(a, -2.001)]) == (own, -2.0)  # the margin on |loss|: 0.002
     assert choose_polished((own, -2.0), [(a, -2.01)]) == (a, -2.01)
     assert choose_polished(None, [None]) is None
+
+
+# -- n_ensemble: independent fits combined by a soft vote --------------------------------------
+def test_match_clusters_recovers_a_permutation():
+    from skicon._cluster_heads import match_clusters
+
+    rng = np.random.RandomState(0)
+    reference = rng.randint(0, 5, 300)
+    perm = np.array([3, 0, 4, 1, 2])
+    labels = perm[reference]
+    labels[:20] = rng.randint(0, 5, 20)  # a few disagreements do not change the matching
+    order = match_clusters(reference, labels, 5)
+    np.testing.assert_array_equal(order, perm)  # cluster c of the reference is cluster perm[c] of labels
+
+
+def test_consensus_head_is_the_mean_of_the_matched_assignments():
+    from skicon._cluster_heads import ConsensusHead
+
+    torch.manual_seed(0)
+    heads = [torch.nn.Linear(4, 3) for _ in range(3)]
+    orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    x = torch.randn(10, 4)
+    with torch.no_grad():
+        out = ConsensusHead(heads, orders)(x)
+        mean = sum(torch.softmax(h(x), dim=-1)[:, o] for h, o in zip(heads, orders)) / 3  # independent formula
+    np.testing.assert_allclose(torch.softmax(out, dim=-1).numpy(), mean.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.exp().sum(-1).numpy(), 1.0, rtol=1e-5)  # log-probabilities already
+
+
+def test_n_ensemble_votes_the_fits(blobs):
+    X, y = blobs
+    one = ICONClustering(4, random_state=0, **FAST).fit(X)
+    est = ICONClustering(4, random_state=0, n_ensemble=3, **FAST).fit(X)
+    from skicon._cluster_heads import ConsensusHead
+
+    assert isinstance(est.module_, ConsensusHead) and len(est.module_.heads) == 3
+    assert est.ensemble_losses_.shape == (3,) and np.all(np.isfinite(est.ensemble_losses_))
+    assert one.ensemble_losses_.tolist() == [one.loss_]
+    # the first fit is the n_ensemble=1 fit (same seed), and the vote is over the training samples
+    assert est.ensemble_losses_[0] == one.loss_ and est.n_iter_ == one.n_iter_
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(proba.argmax(1), est.labels_)
+    assert adjusted_rand_score(y, est.labels_) == 1.0  # four separated blobs: every fit agrees
+    again = ICONClustering(4, random_state=0, n_ensemble=3, **FAST).fit(X)
+    np.testing.assert_array_equal(again.labels_, est.labels_)  # reproducible from random_state
+    assert again.loss_ == est.loss_
+
+
+class _FixedLogits(torch.nn.Module):
+    """A head that returns the same logits whatever its input (one logit row per sample)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.as_tensor(logits)
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_the_vote_outvotes_one_wrong_fit():
+    # three labellings of four groups, each in its own numbering: two right, one with group 0
+    # put in group 1's cluster and group 3 cut in two; matched to the first and averaged, the
+    # vote is right on every sample (each has two right votes of three)
+    from skicon._cluster_heads import ConsensusHead, match_clusters
+
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(4), 50)
+    right_a, right_b, wrong = np.array([2, 0, 3, 1])[y], np.array([1, 3, 0, 2])[y], y.copy()
+    wrong[y == 0] = 1
+    wrong[(y == 3) & (rng.rand(len(y)) < 0.5)] = 0
+    fits = [4.0 * np.eye(4)[lab] + 0.1 * rng.randn(len(y), 4) for lab in (right_a, wrong, right_b)]
+    orders = [match_clusters(fits[0].argmax(1), f.argmax(1), 4) for f in fits]
+    with torch.no_grad():
+        voted = ConsensusHead([_FixedLogits(f) for f in fits], orders)(None).numpy().argmax(1)
+    assert adjusted_rand_score(y, wrong) < 0.7
+    assert adjusted_rand_score(y, voted) == 1.0
+    np.testing.assert_array_equal(voted, right_a)  # in the first fit's numbering
+
+
+def test_n_ensemble_validation(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="n_ensemble"):
+        ICONClustering(4, n_ensemble=0).fit(X)
+    with pytest.raises(ValueError, match="n_ensemble"):
+        ICONClustering(4, method="kmeans", n_ensemble=2).fit(X)

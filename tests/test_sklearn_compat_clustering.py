@@ -25,6 +25,7 @@ def one_thread():
 @parametrize_with_checks(
     [
         ICONClustering(n_clusters=3, **SMALL),
+        ICONClustering(n_clusters=3, n_ensemble=2, **SMALL),
         ICONClustering(n_clusters=3, method="kmeans", n_init=2),
     ]
 )
