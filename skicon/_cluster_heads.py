@@ -185,6 +185,8 @@ def match_clusters(reference, labels, k):
 
     The one-to-one matching of the k clusters that shares the most samples (the Hungarian
     algorithm on the k x k contingency table of the two labellings, labels in ``range(k)``).
+    Not :func:`skicon.metrics.hungarian_matching`: that one matches only the labels present,
+    while a head's k outputs need a whole permutation, its empty clusters included.
     """
     from scipy.optimize import linear_sum_assignment
 
