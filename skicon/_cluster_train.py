@@ -64,6 +64,7 @@ class ClusterPlan:
     learning_rate: float
     overclustering: tuple = (1.0,)
     polish: int = 0
+    n_ensemble: int = 1
 
 
 def graph_degrees(P):

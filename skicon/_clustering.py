@@ -137,7 +137,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         well-separated blobs, where k-means is the right model; the seeded restarts do not,
         and win on the loss there (see ``seed_heads`` in ``skicon/_cluster_heads.py``).
         "kmeans"/"spectral" keep the seeding with the lowest objective.
-    n_ensemble : int >= 1, default=1
+    n_ensemble : int >= 1 or "auto", default="auto"
         Independent fits combined by a soft vote. Each is a whole fit of the heads on the same
         p (its own ``n_init`` restarts, selection, joins and polish, seeded in turn from
         ``random_state``); the clusters of each are matched to the first fit's (the Hungarian
@@ -146,7 +146,10 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         ``predict`` and ``predict_proba`` are the fits' soft vote. It costs ``n_ensemble`` fits
         (p is built once). The fits that go wrong are few, and wrong in different ways, so the
         vote removes most of their errors and lowers the seed spread (see :ref:`benchmarks`).
-        Learned heads only ("kmeans"/"spectral" accept 1). ``n_iter_``, ``loss_curve_``,
+        "auto": 3 for "infonce_clustering" (over 5 seeds the spread of the Hungarian accuracy
+        fell from 0.019 to 0.006 on MNIST-5k and from 0.009 to 0.002 on digits), 1 for the
+        other rows; ``n_ensemble=1`` is the fast setting, a third of the time. Learned heads
+        only ("kmeans"/"spectral" accept 1 or "auto"). ``n_iter_``, ``loss_curve_``,
         ``init_losses_``, ``init_n_iter_``, ``merged_groups_``, ``polished_`` and
         ``polish_rounds_`` describe the first fit.
     batch_size : int, default=256
@@ -199,9 +202,9 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     polish_rounds_ : int
         Learned heads: the rounds of the polish whose head was kept (0 to 3; 0 when none
         was or with ``polish=0``).
-    ensemble_losses_ : ndarray of shape (n_ensemble,)
-        Learned heads: each fit's ``loss_`` before the vote (the one ``loss_`` with
-        ``n_ensemble=1``).
+    ensemble_losses_ : ndarray of shape (n_fits,)
+        Learned heads: each fit's ``loss_`` before the vote, one per fit of the resolved
+        ``n_ensemble`` (the one ``loss_`` with a single fit).
     loss_curve_ : ndarray of shape (n_logs,)
         The kept restart's mean batch loss over each window of 50 iterations (and the last).
     loss_curve_iterations_ : ndarray of shape (n_logs,)
@@ -291,7 +294,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         "overclustering": [StrOptions({"auto"}), Interval(numbers.Real, 1, None, closed="left"), "array-like"],
         "polish": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_ensemble": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_ensemble": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_negatives": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -307,7 +310,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
 
     def __init__(self, n_clusters=8, *, method="infonce_clustering", p=None, q=None, n_neighbors="auto",
                  walk_length="auto", alpha="auto", alpha_q="auto", ema=None, mapper="mlp", hidden_layer_sizes=(64,),
-                 augment=None, overclustering="auto", polish="auto", n_init=8, n_ensemble=1, batch_size=256,
+                 augment=None, overclustering="auto", polish="auto", n_init=8, n_ensemble="auto", batch_size=256,
                  n_negatives=64, max_iter=400, learning_rate="auto", metric="euclidean", n_components=50, device="cpu",
                  random_state=None, verbose=False, callbacks=None, n_jobs=None):
         self.n_clusters = n_clusters
@@ -431,7 +434,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         forward = lambda module: batched_forward(  # noqa: E731
             module, train_inputs, device=self._device, dtype=torch.long if self.mapper == "table" else torch.float32)
         fits = [self._fit_member(X, Xs, inputs, P, degrees, forward, seed_from_random_state(rng))
-                for _ in range(self.n_ensemble)]
+                for _ in range(plan.n_ensemble)]
         first = fits[0]
         self.module_, self.merged_groups_, self._train_logits = first["module"], first["merged_groups"], first["logits"]
         for name in ("loss_curve_", "loss_curve_iterations_", "n_iter_", "init_losses_", "init_n_iter_",

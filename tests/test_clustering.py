@@ -18,7 +18,7 @@ from skicon.objectives._cluster import (
 from skicon.mappers import make_mapper
 from skicon.metrics import adjusted_rand_score, hungarian_accuracy
 
-FAST = dict(max_iter=60, n_init=2, batch_size=64)
+FAST = dict(max_iter=60, n_init=2, batch_size=64, n_ensemble=1)  # one fit: the tests of its mechanics
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -377,7 +377,7 @@ def test_restarts_are_pruned_on_the_selection_loss(blobs, monkeypatch):
 
     monkeypatch.setattr(clustering, "sampled_row_loss", recording)
     X, _ = blobs
-    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=1, polish=0,
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=1, polish=0, n_ensemble=1,
                          random_state=0).fit(X)
     # step 100 (four heads), the end (two heads), then loss_ of the kept head (no polish: its own
     # selection score would come before loss_)
@@ -716,7 +716,7 @@ def test_mixed_overclustering_keeps_the_lower_selection_loss(blobs, monkeypatch)
     monkeypatch.setattr(estimator, "merge_clusters", recording_merge)
     X, y = blobs
     # polish=0: the choice between the restarts' picks itself (the polish is tested on its own)
-    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=[1, 2], polish=0,
+    est = ICONClustering(4, n_init=4, max_iter=200, batch_size=64, overclustering=[1, 2], polish=0, n_ensemble=1,
                          random_state=0).fit(X)
     assert est._plan.overclustering == (1.0, 2.0)
     assert len(widths) >= 3 and set(widths) == {4}  # pruning, final scores and loss_: 4 clusters
@@ -962,7 +962,7 @@ def test_consensus_head_is_the_mean_of_the_matched_assignments():
 def test_n_ensemble_votes_the_fits(blobs):
     X, y = blobs
     one = ICONClustering(4, random_state=0, **FAST).fit(X)
-    est = ICONClustering(4, random_state=0, n_ensemble=3, **FAST).fit(X)
+    est = ICONClustering(4, random_state=0, **{**FAST, "n_ensemble": 3}).fit(X)
     from skicon._cluster_heads import ConsensusHead
 
     assert isinstance(est.module_, ConsensusHead) and len(est.module_.heads) == 3
@@ -975,7 +975,7 @@ def test_n_ensemble_votes_the_fits(blobs):
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(proba.argmax(1), est.labels_)
     assert adjusted_rand_score(y, est.labels_) == 1.0  # four separated blobs: every fit agrees
-    again = ICONClustering(4, random_state=0, n_ensemble=3, **FAST).fit(X)
+    again = ICONClustering(4, random_state=0, **{**FAST, "n_ensemble": 3}).fit(X)
     np.testing.assert_array_equal(again.labels_, est.labels_)  # reproducible from random_state
     assert again.loss_ == est.loss_
 
@@ -1016,4 +1016,19 @@ def test_n_ensemble_validation(blobs):
     with pytest.raises(ValueError, match="n_ensemble"):
         ICONClustering(4, n_ensemble=0).fit(X)
     with pytest.raises(ValueError, match="n_ensemble"):
+        ICONClustering(4, n_ensemble="three").fit(X)
+    with pytest.raises(ValueError, match="n_ensemble"):
         ICONClustering(4, method="kmeans", n_ensemble=2).fit(X)
+
+
+@pytest.mark.parametrize("method, fits", [("infonce_clustering", 3), ("mi", 1), ("ncut", 1), ("kmeans", None)])
+def test_n_ensemble_auto(blobs, method, fits):
+    # "auto": three fits for the paper's row, one for the others; the centroid rows take 1 or "auto"
+    X, _ = blobs
+    est = ICONClustering(4, method=method, random_state=0, max_iter=30, n_init=2, batch_size=64).fit(X)
+    if fits is None:
+        assert not hasattr(est, "ensemble_losses_")
+        again = ICONClustering(4, method=method, n_ensemble=1, random_state=0, max_iter=30, n_init=2).fit(X)
+        np.testing.assert_array_equal(again.labels_, est.labels_)
+    else:
+        assert est._plan.n_ensemble == fits and est.ensemble_losses_.shape == (fits,)
