@@ -28,7 +28,7 @@ from skicon import ICONClustering
 from skicon.metrics import hungarian_accuracy
 
 X, y = load_digits(return_X_y=True)
-settings = dict(n_clusters=10, n_init=4, max_iter=300, random_state=0)
+settings = dict(n_clusters=10, n_init=4, max_iter=300, n_ensemble=1, random_state=0)  # single fits, like the paper's
 
 # %%
 # A small sweep

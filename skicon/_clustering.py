@@ -8,11 +8,13 @@ a supervisory p; ``method=`` names the row of :func:`~skicon.list_methods` and t
 (:mod:`skicon.objectives._cluster`) -> :class:`~skicon._training.Trainer` -> fitted attributes.
 """
 
+import functools
 import numbers
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -27,10 +29,10 @@ from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, super
 from ._cluster_train import (
     POLISH_ROUNDS, BlockObjective, PairObjective, _BatchInputs, merge_clusters, polish, relax_kmeans, train_heads,
 )
-from ._distributed import from_rank0
+from ._distributed import from_rank0, world
 from ._registry import METHODS
 from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
-from ._threads import N_JOBS_CONSTRAINT, limit_threads
+from ._threads import N_JOBS_CONSTRAINT, current_threads, limit_threads, thread_limits
 from ._training import batched_forward, check_callbacks, log_means
 from ._utils import resolve_device, seed_from_random_state, state_on_cpu
 from ._validation import to_unit_frame, unit_exponent
@@ -42,6 +44,18 @@ __all__ = ["ICONClustering"]
 
 #: Names accepted by ``method=``: every ICONClustering row of the registry and its aliases.
 CLUSTERING_METHODS = tuple(n for r in METHODS.values() if r.estimator == "ICONClustering" for n in (r.name, *r.aliases))
+
+
+def _forward_on(module, *, inputs, device, dtype):
+    """A head's logits on the training inputs (a module-level function, so that it pickles)."""
+    return batched_forward(module, inputs, device=device, dtype=dtype)
+
+
+def _fit_member_in_worker(est, n_jobs, X, Xs, inputs, P, degrees, forward, seed):
+    """:meth:`ICONClustering._fit_member` in a worker process, under ``thread_limits(n_jobs)``
+    (None: the worker's share, which joblib passes through ``OMP_NUM_THREADS``)."""
+    with thread_limits(n_jobs, size=float(X.shape[0]) * X.shape[1]):
+        return est._fit_member(X, Xs, inputs, P, degrees, forward, seed)
 
 
 class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -148,7 +162,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         vote removes most of their errors and lowers the seed spread (see :ref:`benchmarks`).
         "auto": 3 for "infonce_clustering" (over 5 seeds the spread of the Hungarian accuracy
         fell from 0.019 to 0.006 on MNIST-5k and from 0.009 to 0.002 on digits), 1 for the
-        other rows; ``n_ensemble=1`` is the fast setting, a third of the time. Learned heads
+        other rows; ``n_ensemble=1`` is the fast setting. The fits run in parallel processes
+        when ``n_jobs`` grants more than one thread (see ``n_jobs``). Learned heads
         only ("kmeans"/"spectral" accept 1 or "auto"). ``n_iter_``, ``loss_curve_``,
         ``init_losses_``, ``init_n_iter_``, ``merged_groups_``, ``polished_`` and
         ``polish_rounds_`` describe the first fit.
@@ -181,7 +196,10 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         compiled loops are capped to it, and restored afterwards. None: joblib's share of the
         cores (all of them; a joblib worker's share inside one), with fewer torch threads for
         training loops whose iterations are small; -1: all cores; k: k threads (see
-        :ref:`threads`).
+        :ref:`threads`). The fits of ``n_ensemble`` run in that many processes at once (at most
+        one per fit, joblib's ``loky`` pool, the threads shared between them), except with
+        ``callbacks`` or ``verbose`` (they report from this process) or off the CPU; the
+        result is the same as one after the other.
 
     Attributes
     ----------
@@ -431,10 +449,17 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         Xs = self._standardize(X)
         inputs = _BatchInputs(torch.as_tensor(Xs, device=self._device), self.mapper == "table", self._device)
         train_inputs = np.arange(n) if self.mapper == "table" else Xs
-        forward = lambda module: batched_forward(  # noqa: E731
-            module, train_inputs, device=self._device, dtype=torch.long if self.mapper == "table" else torch.float32)
-        fits = [self._fit_member(X, Xs, inputs, P, degrees, forward, seed_from_random_state(rng))
-                for _ in range(plan.n_ensemble)]
+        forward = functools.partial(_forward_on, inputs=train_inputs, device=self._device,
+                                    dtype=torch.long if self.mapper == "table" else torch.float32)
+        seeds = [seed_from_random_state(rng) for _ in range(plan.n_ensemble)]
+        workers = self._ensemble_workers(len(seeds))
+        if workers > 1:  # the fits are independent given p: one process each, joblib's share of threads
+            share = None if self.n_jobs is None else max(1, current_threads() // workers)
+            fits = Parallel(n_jobs=workers, backend="loky")(
+                delayed(_fit_member_in_worker)(self, share, X, Xs, inputs, P, degrees, forward, seed)
+                for seed in seeds)
+        else:
+            fits = [self._fit_member(X, Xs, inputs, P, degrees, forward, seed) for seed in seeds]
         first = fits[0]
         self.module_, self.merged_groups_, self._train_logits = first["module"], first["merged_groups"], first["logits"]
         for name in ("loss_curve_", "loss_curve_iterations_", "n_iter_", "init_losses_", "init_n_iter_",
@@ -448,6 +473,16 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
             self.module_ = ConsensusHead([f["module"] for f in fits], orders).eval()
             self._train_logits = forward(self.module_)
         self.loss_ = row_loss(self, self._train_logits) if len(fits) > 1 else float(self.ensemble_losses_[0])
+
+    def _ensemble_workers(self, n_fits):
+        """Processes for the ``n_fits`` fits of the ensemble: one per fit, up to the threads that
+        ``n_jobs`` grants (:func:`~skicon._threads.current_threads`); 1 (in this process) with
+        callbacks or ``verbose`` (they report from this process), off the CPU, or in a
+        torch.distributed fit."""
+        if (n_fits < 2 or self.callbacks is not None or self.verbose or self._device.type != "cpu"
+                or world()[1] > 1):
+            return 1
+        return min(n_fits, current_threads())
 
     def _fit_member(self, X, Xs, inputs, P, degrees, forward, seed):
         """One fit of the heads on the given p: restarts, selection, joins and the polish.

@@ -1032,3 +1032,42 @@ def test_n_ensemble_auto(blobs, method, fits):
         np.testing.assert_array_equal(again.labels_, est.labels_)
     else:
         assert est._plan.n_ensemble == fits and est.ensemble_losses_.shape == (fits,)
+
+
+def test_ensemble_fits_run_in_processes_with_the_same_result(blobs, monkeypatch):
+    # n_jobs=2: the three fits in two worker processes; bit-identical to one after the other
+    import skicon._clustering as clustering
+
+    X, _ = blobs
+    calls = []
+
+    class SpyParallel(clustering.Parallel):
+        def __init__(self, n_jobs=None, **kwargs):
+            calls.append(n_jobs)
+            super().__init__(n_jobs=n_jobs, **kwargs)
+
+    monkeypatch.setattr(clustering, "Parallel", SpyParallel)
+    params = {**FAST, "n_ensemble": 3}
+    serial = ICONClustering(4, random_state=0, n_jobs=1, **params).fit(X)
+    assert calls == []  # one thread: in this process
+    parallel = ICONClustering(4, random_state=0, n_jobs=2, **params).fit(X)
+    assert calls == [2]
+    np.testing.assert_array_equal(parallel.labels_, serial.labels_)
+    np.testing.assert_array_equal(parallel.ensemble_losses_, serial.ensemble_losses_)
+    assert parallel.loss_ == serial.loss_
+    np.testing.assert_array_equal(parallel.predict_proba(X), serial.predict_proba(X))
+
+
+def test_ensemble_with_callbacks_or_verbose_stays_in_this_process(blobs, monkeypatch, capsys):
+    import skicon._clustering as clustering
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the fits must run in this process")
+
+    monkeypatch.setattr(clustering, "Parallel", forbidden)
+    X, _ = blobs
+    seen = []
+    params = {**FAST, "n_ensemble": 2}
+    ICONClustering(4, random_state=0, n_jobs=2, callbacks=[lambda it, loss, est: seen.append(it)], **params).fit(X)
+    assert seen  # the callback ran here, for the fits' training
+    ICONClustering(4, random_state=0, n_jobs=2, verbose=1, **params).fit(X)
