@@ -198,8 +198,8 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         training loops whose iterations are small; -1: all cores; k: k threads (see
         :ref:`threads`). The fits of ``n_ensemble`` run in that many processes at once (at most
         one per fit, joblib's ``loky`` pool, the threads shared between them), except with
-        ``callbacks`` or ``verbose`` (they report from this process) or off the CPU; the
-        result is the same as one after the other.
+        ``callbacks``, ``verbose`` or ``augment`` (user code that reports or keeps state in this
+        process) or off the CPU; the result is the same as one after the other.
 
     Attributes
     ----------
@@ -477,10 +477,11 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
     def _ensemble_workers(self, n_fits):
         """Processes for the ``n_fits`` fits of the ensemble: one per fit, up to the threads that
         ``n_jobs`` grants (:func:`~skicon._threads.current_threads`); 1 (in this process) with
-        callbacks or ``verbose`` (they report from this process), off the CPU, or in a
-        torch.distributed fit."""
-        if (n_fits < 2 or self.callbacks is not None or self.verbose or self._device.type != "cpu"
-                or world()[1] > 1):
+        callbacks or ``verbose`` (they report from this process), with ``augment`` (a user's
+        function may draw from torch's global generator or keep state, which a worker would not
+        share), off the CPU, or in a torch.distributed fit."""
+        if (n_fits < 2 or self.callbacks is not None or self.verbose or self.augment is not None
+                or self._device.type != "cpu" or world()[1] > 1):
             return 1
         return min(n_fits, current_threads())
 

@@ -1058,7 +1058,7 @@ def test_ensemble_fits_run_in_processes_with_the_same_result(blobs, monkeypatch)
     np.testing.assert_array_equal(parallel.predict_proba(X), serial.predict_proba(X))
 
 
-def test_ensemble_with_callbacks_or_verbose_stays_in_this_process(blobs, monkeypatch, capsys):
+def test_ensemble_with_callbacks_verbose_or_augment_stays_in_this_process(blobs, monkeypatch, capsys):
     import skicon._clustering as clustering
 
     def forbidden(*args, **kwargs):
@@ -1071,3 +1071,11 @@ def test_ensemble_with_callbacks_or_verbose_stays_in_this_process(blobs, monkeyp
     ICONClustering(4, random_state=0, n_jobs=2, callbacks=[lambda it, loss, est: seen.append(it)], **params).fit(X)
     assert seen  # the callback ran here, for the fits' training
     ICONClustering(4, random_state=0, n_jobs=2, verbose=1, **params).fit(X)
+    views = []
+
+    def jitter(Xb, g):
+        views.append(len(Xb))
+        return Xb + 0.01 * torch.randn(Xb.shape, generator=g, dtype=Xb.dtype)
+
+    ICONClustering(4, random_state=0, n_jobs=2, augment=jitter, **params).fit(X)
+    assert views  # the augment ran here
