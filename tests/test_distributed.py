@@ -128,6 +128,9 @@ def _worker(rank, init_file, out_dir):
             result["unseeded"] = str(exc)
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
             pickle.dump(result, fh)
+        # both ranks done before either closes its connections: a rank that tears the group down
+        # while the other still talks to it can abort the other ("terminate called ...")
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
