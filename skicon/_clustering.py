@@ -29,7 +29,7 @@ from ._cluster_plan import augmented, learned_kernel, make_plan, row_loss, super
 from ._cluster_train import (
     POLISH_ROUNDS, BlockObjective, PairObjective, _BatchInputs, merge_clusters, polish, relax_kmeans, train_heads,
 )
-from ._distributed import from_rank0, world
+from ._distributed import from_rank0, is_active
 from ._registry import METHODS
 from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
 from ._threads import N_JOBS_CONSTRAINT, current_threads, limit_threads, thread_limits
@@ -481,7 +481,7 @@ class ICONClustering(FeatureNamesOutMixin, KernelParamsMixin, ClusterMixin, Tran
         function may draw from torch's global generator or keep state, which a worker would not
         share), off the CPU, or in a torch.distributed fit."""
         if (n_fits < 2 or self.callbacks is not None or self.verbose or self.augment is not None
-                or self._device.type != "cpu" or world()[1] > 1):
+                or self._device.type != "cpu" or is_active()):
             return 1
         return min(n_fits, current_threads())
 

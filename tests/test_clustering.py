@@ -1025,10 +1025,11 @@ def test_n_ensemble_validation(blobs):
 def test_n_ensemble_auto(blobs, method, fits):
     # "auto": three fits for the paper's row, one for the others; the centroid rows take 1 or "auto"
     X, _ = blobs
-    est = ICONClustering(4, method=method, random_state=0, max_iter=30, n_init=2, batch_size=64).fit(X)
+    params = dict(method=method, random_state=0, max_iter=30, n_init=2, batch_size=64)
+    est = ICONClustering(4, **params).fit(X)
     if fits is None:
         assert not hasattr(est, "ensemble_losses_")
-        again = ICONClustering(4, method=method, n_ensemble=1, random_state=0, max_iter=30, n_init=2).fit(X)
+        again = ICONClustering(4, n_ensemble=1, **params).fit(X)
         np.testing.assert_array_equal(again.labels_, est.labels_)
     else:
         assert est._plan.n_ensemble == fits and est.ensemble_losses_.shape == (fits,)
