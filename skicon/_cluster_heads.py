@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._utils import as_tensor
+
 #: Restarts are first compared after this many steps (see :func:`pruning_schedule`).
 PRUNE_MIN_STEP = 100
 
@@ -421,7 +423,7 @@ def restart_last_layers(head, Xs, starts, k, chunk=8192):
     device = last.weight.device
     with torch.no_grad():
         features = copy.deepcopy(nn.Sequential(*layers[:-1])).eval()  # eval mode without touching the head
-        X = torch.as_tensor(np.asarray(Xs), dtype=last.weight.dtype, device=device)
+        X = as_tensor(Xs, dtype=last.weight.dtype, device=device)  # a worker's Xs is a read-only memmap
         H = torch.cat([features(X[s : s + chunk]) for s in range(0, X.shape[0], chunk)]).double().cpu().numpy()
     copies = []
     for labels, ok in zip(starts, usable):

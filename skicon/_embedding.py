@@ -31,13 +31,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._embedding_parts import (EXACT_BELOW, METHODS, MODES, DenseObjective, GradientAtRest, LossStalled, dense,
-                               dense_module, dense_tensor, embed_new_points, initial_embedding, make_plan,
+                               dense_module, embed_new_points, initial_embedding, make_plan,
                                make_trustworthiness_scorer, trustworthiness_scorer)
 from ._sklearn_api import FeatureNamesOutMixin, KernelParamsMixin, device_name
 from ._threads import N_JOBS_CONSTRAINT, thread_limits
 from ._embedding_limits import fit_limit
 from ._training import Trainer, check_callbacks
-from ._utils import resolve_device, seed_from_random_state, state_on_cpu
+from ._utils import as_tensor, resolve_device, seed_from_random_state, state_on_cpu
 from ._validation import to_unit_frame, unit_exponent
 from .kernels import Gaussian, Kernel, StudentT
 from .mappers import Table, make_mapper
@@ -395,7 +395,7 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
         del P  # the joint form keeps its own matrix: the conditional one (n k entries) is not held in training
         parametric = plan.mapper != "table"
         gen = torch.Generator(device=device).manual_seed(seed_from_random_state(self.random_state))
-        inputs = dense_tensor(X, device, dtype) if parametric else None
+        inputs = as_tensor(X, dtype=dtype, device=device) if parametric else None
         objective = EngineObjective(aff, plan.q, inputs=inputs, normalization=plan.normalization,
                                     alpha=float(plan.p.alpha) if plan.p is not plan.p_base else 0.0,  # debiased p
                                     method=plan.mode, n_negatives=self.n_negatives,
@@ -497,7 +497,7 @@ class ICONEmbedding(FeatureNamesOutMixin, KernelParamsMixin, TransformerMixin, B
             if hasattr(self, "module_"):
                 dtype = next(self.module_.parameters()).dtype
                 with torch.no_grad():  # on the module's device (the CPU after unpickling)
-                    Z = self.module_(dense_tensor(X, next(self.module_.parameters()).device, dtype))
+                    Z = self.module_(as_tensor(X, dtype=dtype, device=next(self.module_.parameters()).device))
                 return Z.cpu().numpy().astype(np.float64)
             return self._transform_table(X, device)
 

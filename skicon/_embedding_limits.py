@@ -19,9 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._embedding_parts import LossStalled, OrthonormalLinear, dense, dense_tensor, initial_embedding, rms_distance
+from ._embedding_parts import LossStalled, OrthonormalLinear, dense, initial_embedding, rms_distance
 from ._training import Trainer
-from ._utils import seed_from_random_state
+from ._utils import as_tensor, seed_from_random_state
 from .mappers import Table, make_mapper
 from .objectives._limits import LimitObjective
 from .objectives._pairwise import SparseAffinity
@@ -147,7 +147,7 @@ def fit_limit(est, X, plan, device, callbacks):
         aff = SparseAffinity.conditional(affinities, device, torch.float64)
     else:
         affinities = sp.identity(Xd.shape[0], format="csr", dtype=np.float64)
-    inputs = None if plan.mapper == "table" and plan.row == "mds" else dense_tensor(Xd, device, torch.float64)
+    inputs = None if plan.mapper == "table" and plan.row == "mds" else as_tensor(Xd, dtype=torch.float64, device=device)
     objective = LimitObjective(plan.q, aff, inputs=inputs, alpha=float(est.alpha))
     if isinstance(module, Table):
         Y0 = module.weight.detach()

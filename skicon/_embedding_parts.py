@@ -272,13 +272,6 @@ def rms_distance(X):
     return math.sqrt(max(2.0 * float((centred**2).sum(axis=1).mean()), 1e-300))
 
 
-def dense_tensor(X, device, dtype):
-    """A dense torch tensor of (possibly sparse) ``X``."""
-    if sp.issparse(X):
-        X = X.toarray()
-    return torch.as_tensor(np.asarray(X), dtype=dtype, device=device)
-
-
 # ------------------------------------------------------------------------------------------------
 # initialisation of the table
 # ------------------------------------------------------------------------------------------------

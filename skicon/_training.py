@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ._threads import torch_threads
-from ._utils import torch_generator
+from ._utils import as_tensor, torch_generator
 
 __all__ = ["Trainer", "GainsSGD", "RowSampler", "check_callbacks", "ConvergenceStop", "batched_forward", "LOG_EVERY",
            "log_means"]
@@ -781,6 +781,6 @@ def batched_forward(module, X, *, batch_size=4096, device="cpu", dtype=torch.flo
     out = []
     with torch.inference_mode():
         for s in range(0, X.shape[0], batch_size):
-            xb = torch.as_tensor(np.asarray(X[s : s + batch_size]), dtype=dtype, device=device)
+            xb = as_tensor(X[s : s + batch_size], dtype=dtype, device=device)  # copies a read-only memmap
             out.append(module(xb).detach().cpu().double().numpy())
     return np.concatenate(out, axis=0) if out else np.empty((0, 0))

@@ -138,4 +138,7 @@ def as_tensor(X, *, dtype=torch.float32, device="cpu"):
         return X.to(device=device, dtype=dtype)
     if hasattr(X, "toarray"):
         X = X.toarray()
-    return torch.as_tensor(np.asarray(X), dtype=dtype, device=device)
+    X = np.asarray(X)
+    if not X.flags.writeable:  # a pandas copy-on-write view, a read-only memmap: torch shares writable memory only
+        X = X.copy()
+    return torch.as_tensor(X, dtype=dtype, device=device)

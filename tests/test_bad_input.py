@@ -532,3 +532,39 @@ def test_classify_detects_silent_and_unclear_outcomes():
     assert classify(Case("x", lambda: [][1]))[0] == "unclear"
     assert classify(Case("x", lambda: (_ for _ in ()).throw(ValueError("alpha must be > 0")), msg="alpha"))[0] \
         == "clear"
+
+
+
+READ_ONLY_SCRIPT = """
+import warnings
+import numpy as np
+from sklearn.datasets import load_digits, make_blobs
+from skicon import ICONClustering, ICONEmbedding
+X = load_digits().data[:150]
+ests = [ICONEmbedding(method="pca", random_state=0), ICONEmbedding(mapper="linear", max_iter=20, random_state=0)]
+expected = [est.fit(X.copy()).transform(X.copy()) for est in ests]
+X.setflags(write=False)  # like a pandas copy-on-write view or a read-only memmap
+warnings.filterwarnings("error", message=".*not writable.*")
+for est, Z in zip(ests, expected):
+    np.testing.assert_array_equal(est.fit(X).transform(X), Z)
+# the ensemble's worker processes get the standardised data (9,000 x 32 float32, over joblib's
+# 1 MB) as a read-only memmap; their warnings reach this process's stderr
+Xb = make_blobs(9000, n_features=32, centers=3, random_state=0)[0].astype(np.float32)
+ICONClustering(3, n_init=2, max_iter=30, n_ensemble=2, n_jobs=2, random_state=0).fit(Xb)
+print("ok")
+"""
+
+
+def test_read_only_input_gives_no_torch_warning():
+    """A read-only array (what pandas >= 3 hands out for a DataFrame, what joblib hands its
+    workers) is copied before torch sees it; torch would warn that it cannot share it.
+
+    torch warns once per process, so the cases run in a process of their own (the first
+    warning fails it); the results equal the fits on writable copies.
+    """
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert "not writable" not in out.stderr, out.stderr[-2000:]
