@@ -331,7 +331,10 @@ def pca_scores(X, d, rng):
                 solver = "covariance_eigh"
             else:
                 solver = "randomized" if n * f > 5_000_000 else "full"
-            out[:, :m] = PCA(m, svd_solver=solver, random_state=rng).fit_transform(X)
+            # constant data: sklearn divides by the zero total variance for explained_variance_ratio_
+            # (unused here; the scores are zero) and numpy would warn
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, :m] = PCA(m, svd_solver=solver, random_state=rng).fit_transform(X)
     if m < d:
         scale = out[:, 0].std() if m >= 1 and out[:, 0].std() > 0 else 1.0
         out[:, m:] = scale * 1e-2 * rng.randn(n, d - m)

@@ -360,6 +360,7 @@ def test_too_many_neighbours_and_tiny_data_are_clamped():
     assert Z2.shape == (2, 2) and np.all(np.isfinite(Z2))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # constant data: no division warning from the PCA start
 def test_duplicate_and_constant_data_give_finite_embeddings():
     X, _ = _blobs(40)
     dup = np.vstack([X, X])

@@ -4,6 +4,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._utils import as_tensor
+
 __all__ = ["icon_loss"]
 
 
@@ -16,7 +18,8 @@ def _as_torch_like(p, ref, name="p"):
         coo = p.tocoo()
         indices = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long, device=ref.device)
         values = torch.as_tensor(coo.data, dtype=ref.dtype, device=ref.device)
-        return torch.sparse_coo_tensor(indices, values, coo.shape).coalesce()
+        # the invariants checked (O(nnz)): torch warns when the choice is left implicit
+        return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=True).coalesce()
     if isinstance(p, torch.Tensor):
         if p.is_sparse:
             return p.to(device=ref.device, dtype=ref.dtype).coalesce()
@@ -26,7 +29,7 @@ def _as_torch_like(p, ref, name="p"):
     arr = np.asarray(p)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (probabilities), got an array of dtype {arr.dtype}.")
-    return torch.as_tensor(arr, dtype=ref.dtype, device=ref.device)
+    return as_tensor(arr, dtype=ref.dtype, device=ref.device)
 
 
 def _tolerance(dtype):
