@@ -534,7 +534,6 @@ def test_classify_detects_silent_and_unclear_outcomes():
         == "clear"
 
 
-
 READ_ONLY_SCRIPT = """
 import warnings
 import numpy as np
