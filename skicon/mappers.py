@@ -6,9 +6,10 @@
 
 import numbers
 
-import numpy as np
 import torch
 from torch import nn
+
+from ._utils import as_tensor
 
 __all__ = ["Table", "MLP", "make_mapper", "MAPPERS"]
 
@@ -127,8 +128,7 @@ def make_mapper(spec, n_features, n_components, *, n_samples=None, init=None, hi
                 if n_samples is None:
                     raise ValueError("mapper='table' needs n_samples.")
                 init = 1e-4 * torch.randn(n_samples, n_components)
-            return Table(torch.as_tensor(np.asarray(init) if not isinstance(init, torch.Tensor) else init,
-                                         dtype=torch.float32))
+            return Table(as_tensor(init, dtype=torch.float32))
         if spec == "linear":
             return nn.Linear(n_features, n_components)
         if spec == "mlp":

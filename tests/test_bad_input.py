@@ -546,6 +546,10 @@ X.setflags(write=False)  # like a pandas copy-on-write view or a read-only memma
 warnings.filterwarnings("error", message=".*not writable.*")
 for est, Z in zip(ests, expected):
     np.testing.assert_array_equal(est.fit(X).transform(X), Z)
+from skicon.mappers import make_mapper
+init = np.arange(6, dtype=np.float32).reshape(3, 2)
+init.setflags(write=False)
+np.testing.assert_array_equal(make_mapper("table", 4, 2, init=init).weight.detach().numpy(), init)
 # the ensemble's worker processes get the standardised data (9,000 x 32 float32, over joblib's
 # 1 MB) as a read-only memmap; their warnings reach this process's stderr
 Xb = make_blobs(9000, n_features=32, centers=3, random_state=0)[0].astype(np.float32)
