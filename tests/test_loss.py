@@ -39,8 +39,14 @@ def test_two_point_fixture_is_log2():
     assert np.isclose(float(icon_loss(p, log_q)), np.log(2.0))
 
 
+def _read_only_coo(p):
+    coo = sp.coo_matrix(p)
+    coo.data.setflags(write=False)  # tocoo() hands back this very array
+    return coo
+
+
 @pytest.mark.filterwarnings("error")  # no torch warning reaches the user (sparse invariants, read-only arrays)
-@pytest.mark.parametrize("kind", ["scipy", "torch_coo", "torch_csr", "numpy", "numpy_read_only"])
+@pytest.mark.parametrize("kind", ["scipy", "scipy_coo_read_only", "torch_coo", "torch_csr", "numpy", "numpy_read_only"])
 def test_sparse_and_dense_inputs_agree(pq, kind):
     p, q = pq
     read_only = p.copy()
@@ -49,6 +55,7 @@ def test_sparse_and_dense_inputs_agree(pq, kind):
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         conv = {
             "scipy": lambda: sp.csr_matrix(p),
+            "scipy_coo_read_only": lambda: _read_only_coo(p),
             "torch_coo": lambda: torch.tensor(p).to_sparse(),
             "torch_csr": lambda: torch.tensor(p).to_sparse_csr(),
             "numpy": lambda: p,

@@ -17,7 +17,7 @@ def _as_torch_like(p, ref, name="p"):
     if sp.issparse(p):
         coo = p.tocoo()
         indices = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long, device=ref.device)
-        values = torch.as_tensor(coo.data, dtype=ref.dtype, device=ref.device)
+        values = as_tensor(coo.data, dtype=ref.dtype, device=ref.device)  # a COO p's own (maybe read-only) data
         # the invariants checked (O(nnz)): torch warns when the choice is left implicit
         return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=True).coalesce()
     if isinstance(p, torch.Tensor):
