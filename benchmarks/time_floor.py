@@ -12,7 +12,8 @@ run on MNIST-1D 20k (40 features, ``bench_clustering.load("mnist1d")``):
   no joins, no polish, 100 steps).
 
 Each runs once untimed (imports and numba compilation), then is timed ``--repeat`` times
-(the median is reported), with the ratios to KMeans' median. One process, the machine's threads (set ``OMP_NUM_THREADS`` to change them).
+(the median is reported), with the ratios to KMeans' median. One process, the machine's
+threads (set ``OMP_NUM_THREADS`` to change them).
 
 Run: ``python benchmarks/time_floor.py [--repeat 3]``.
 """
