@@ -178,13 +178,16 @@ def make_generator(random_state=None, device="cpu"):
 
 
 def _as_tensor(X):
-    """Return ``(tensor, was_numpy)``; numpy input is converted without copy."""
+    """Return ``(tensor, was_numpy)``; numpy input is converted without copy, unless it is
+    read-only (a memmap, a broadcast view): torch cannot share such memory, so it is copied."""
     if isinstance(X, torch.Tensor):
         return X, False
-    X = np.asarray(X)
+    X = np.ascontiguousarray(X)
     if not np.issubdtype(X.dtype, np.floating):
         X = X.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(X)), True
+    if not X.flags.writeable:
+        X = X.copy()
+    return torch.from_numpy(X), True
 
 
 def _uniform(n, low, high, generator, like):

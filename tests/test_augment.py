@@ -1,5 +1,7 @@
 """Tests for skicon.augment: shapes, determinism, effect, exact small cases, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,30 @@ def test_deterministic_under_seed_and_changes_data(aug):
     assert not np.allclose(a, X)
     # The input is never modified in place.
     np.testing.assert_array_equal(X, _images())
+
+
+@pytest.mark.parametrize("aug", _all_augmentations(), ids=lambda a: type(a).__name__)
+def test_read_only_input_is_augmented_without_warning(aug):
+    # a memmap or broadcast view is read-only: torch.from_numpy would warn that it cannot share it
+    X = _images()
+    X.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = aug(X, generator=0)
+    np.testing.assert_array_equal(out, aug(_images(), generator=0))
+    np.testing.assert_array_equal(X, _images())
+
+
+def test_as_tensor_copies_only_read_only_arrays():
+    # torch warns only once per process, so the copy itself is checked too
+    from skicon.augment import _as_tensor
+
+    X = _images()
+    assert np.shares_memory(_as_tensor(X)[0].numpy(), X)  # writable: shared, no copy
+    X.flags.writeable = False
+    tensor, was_numpy = _as_tensor(X)
+    assert was_numpy and not np.shares_memory(tensor.numpy(), X)
+    np.testing.assert_array_equal(tensor.numpy(), X)
 
 
 @pytest.mark.parametrize("aug", _all_augmentations(), ids=lambda a: type(a).__name__)
