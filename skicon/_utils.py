@@ -124,21 +124,23 @@ def as_tensor(X, *, dtype=torch.float32, device="cpu"):
     ----------
     X : array-like, sparse matrix or torch.Tensor
         Input data.
-    dtype : torch.dtype, default=torch.float32
-        Target dtype.
+    dtype : torch.dtype or None, default=torch.float32
+        Target dtype; None keeps the dtype of ``X``.
     device : str or torch.device, default="cpu"
         Target device.
 
     Returns
     -------
     torch.Tensor
-        Dense tensor on ``device``.
+        Dense tensor on ``device``. A writable NumPy array of that dtype on the CPU shares its
+        memory; a read-only one (a pandas copy-on-write view, a read-only memmap) or one with a
+        negative stride (``X[::-1]``) is copied, as torch can share neither.
     """
     if isinstance(X, torch.Tensor):
         return X.to(device=device, dtype=dtype)
     if hasattr(X, "toarray"):
         X = X.toarray()
     X = np.asarray(X)
-    if not X.flags.writeable:  # a pandas copy-on-write view, a read-only memmap: torch shares writable memory only
+    if not X.flags.writeable or any(stride < 0 for stride in X.strides):
         X = X.copy()
     return torch.as_tensor(X, dtype=dtype, device=device)

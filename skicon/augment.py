@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
+from ._utils import as_tensor
+
 __all__ = [
     "Augmentation",
     "Compose",
@@ -178,16 +180,14 @@ def make_generator(random_state=None, device="cpu"):
 
 
 def _as_tensor(X):
-    """Return ``(tensor, was_numpy)``; numpy input is converted without copy, unless it is
-    read-only (a memmap, a broadcast view): torch cannot share such memory, so it is copied."""
+    """Return ``(tensor, was_numpy)``; floating numpy input keeps its dtype and shares its
+    memory where torch can (see :func:`skicon._utils.as_tensor`), other input becomes float32."""
     if isinstance(X, torch.Tensor):
         return X, False
-    X = np.ascontiguousarray(X)
+    X = np.asarray(X)
     if not np.issubdtype(X.dtype, np.floating):
         X = X.astype(np.float32)
-    if not X.flags.writeable:
-        X = X.copy()
-    return torch.from_numpy(X), True
+    return as_tensor(X, dtype=None), True
 
 
 def _uniform(n, low, high, generator, like):

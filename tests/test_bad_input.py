@@ -571,3 +571,31 @@ def test_read_only_input_gives_no_torch_warning():
     out = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
     assert "not writable" not in out.stderr, out.stderr[-2000:]
+
+
+def test_negative_stride_input_fits_like_its_copy():
+    """``X[::-1]`` is a valid array that torch cannot share (a negative stride): it is copied,
+    not handed to torch (the PCA row raised "At least one stride ... is negative")."""
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:150][::-1]
+    assert X.strides[0] < 0
+    Z = ICONEmbedding(method="pca", random_state=0).fit(X).transform(X)
+    np.testing.assert_array_equal(Z, ICONEmbedding(method="pca", random_state=0).fit(X.copy()).transform(X.copy()))
+
+
+def test_as_tensor_shares_what_torch_can_and_copies_the_rest():
+    from skicon._utils import as_tensor
+
+    X = np.arange(24.0).reshape(4, 6)
+    assert np.shares_memory(as_tensor(X, dtype=None).numpy(), X)  # writable, float64 kept
+    assert as_tensor(X, dtype=None).dtype == torch.float64 and as_tensor(X).dtype == torch.float32
+    assert np.shares_memory(as_tensor(X[:, ::2], dtype=None).numpy(), X)  # positive strides: shared
+    for view in (X[::-1], X[:, ::-2]):
+        tensor = as_tensor(view, dtype=None)
+        assert not np.shares_memory(tensor.numpy(), X)
+        np.testing.assert_array_equal(tensor.numpy(), view)
+    X.setflags(write=False)
+    tensor = as_tensor(X, dtype=None)
+    assert not np.shares_memory(tensor.numpy(), X)
+    np.testing.assert_array_equal(tensor.numpy(), X)
