@@ -24,7 +24,6 @@ Run: ``python benchmarks/time_floor.py [--repeat 3]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -109,7 +108,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
 
-    from benchmarks._report import RESULTS_DIR, machine_info, to_markdown
+    from benchmarks._report import machine_info, to_markdown, write_record
     from benchmarks.bench_clustering import load
 
     start = time.perf_counter()
@@ -128,9 +127,8 @@ def main(argv=None):
     record = {"name": "time_floor", "command": "python benchmarks/time_floor.py " + " ".join(sys.argv[1:]),
               "quick": False, "wall_time_s": time.perf_counter() - start, "result": result,
               "machine": machine_info()}
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "time_floor.json").write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
-    (RESULTS_DIR / "time_floor.md").write_text(to_markdown([record]), encoding="utf-8")
+    path = write_record(record)
+    path.with_suffix(".md").write_text(to_markdown([record]), encoding="utf-8")
     print(to_markdown([record]))
 
 
